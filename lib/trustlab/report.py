@@ -1,0 +1,46 @@
+"""Rendering executed notebooks to self-contained HTML that reads offline."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from trustlab.io import atomic_write_text
+
+# Anything fetched from the network: a report must render completely without it.
+_REMOTE_SCRIPT = re.compile(r"<script[^>]*\bsrc=[\"']https?://[^>]*>\s*</script>", re.I)
+_REMOTE_LINK = re.compile(r"<link[^>]*\bhref=[\"']https?://[^>]*>", re.I)
+_MATHJAX_BLOCK = re.compile(r"<!-- Load mathjax -->.*?<!-- End of mathjax configuration -->", re.S | re.I)
+
+
+def strip_remote_assets(html: str) -> str:
+    """Remove ``<script src=http...>``, remote stylesheets and the MathJax loader."""
+    html = _MATHJAX_BLOCK.sub("", html)
+    html = _REMOTE_SCRIPT.sub("", html)
+    return _REMOTE_LINK.sub("", html)
+
+
+def remote_references(html: str) -> list[str]:
+    """Remote URLs the page would *load* (script/link/img sources), for tests."""
+    return re.findall(r"<(?:script|link|img)[^>]*\b(?:src|href)=[\"'](https?://[^\"']+)", html, re.I)
+
+
+def render_html(notebook_path: str | os.PathLike, html_path: str | os.PathLike, title: str | None = None) -> Path:
+    """Render an executed notebook: inputs hidden, figures embedded, no remote assets."""
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    nb = nbformat.read(str(notebook_path), as_version=4)
+    # Widget state (e.g. from tqdm.auto) would make the page load a widget manager from a CDN.
+    nb.metadata.pop("widgets", None)
+    exporter = HTMLExporter(
+        template_name="lab",
+        exclude_input=True,
+        exclude_input_prompt=True,
+        exclude_output_prompt=True,
+        embed_images=True,
+    )
+    resources = {"metadata": {"name": title or Path(notebook_path).stem}}
+    body, _ = exporter.from_notebook_node(nb, resources=resources)
+    return atomic_write_text(html_path, strip_remote_assets(body))

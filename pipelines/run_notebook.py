@@ -1,0 +1,123 @@
+"""Execute a family notebook with papermill and render its HTML report.
+
+    python pipelines/run_notebook.py calibration [--profile smoke] [--reports-dir D] [--data-dir D]
+
+Parameters come from the notebook's ``params.yaml`` section (plus the profile's overrides),
+validated here before the kernel starts and again inside the notebook. The executed
+notebook goes to ``<reports-dir>/<name>.ipynb`` and the report to ``<reports-dir>/index.html``.
+A cell error fails with exit code 1; the executed notebook then shows the error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "lib"))
+
+from trustlab import io  # noqa: E402
+from trustlab.config import ConfigError, load_params  # noqa: E402
+from trustlab.report import render_html  # noqa: E402
+from trustlab.sections import NOTEBOOKS, section_class  # noqa: E402
+
+KERNEL = "python3"
+
+
+def run(
+    name: str,
+    profile: str | None = None,
+    reports_dir: Path | None = None,
+    data_dir: Path | None = None,
+    timeout_s: int = 3600,
+    params_file: Path | None = None,
+) -> Path:
+    if name not in NOTEBOOKS:
+        raise ConfigError(f"notebook = {name!r} is not allowed: choose one of {', '.join(NOTEBOOKS)}")
+    notebook = ROOT / "notebooks" / f"{name}.ipynb"
+    if not notebook.exists():
+        raise FileNotFoundError(f"{notebook} is missing; run `jupytext --sync notebooks/{name}.py` to create it")
+    params = load_params(params_file, profile)
+    section = NOTEBOOKS[name]
+    # Fail before the kernel starts: the same validation runs again inside the notebook.
+    section_class(section).from_dict(params.get(section) or {}, where=section)
+
+    reports_dir = (reports_dir or ROOT / "reports" / name).resolve()
+    data_dir = (data_dir or ROOT / "data").resolve()
+    reports_dir.mkdir(parents=True, exist_ok=True)
+    parameters = {
+        "profile": params["profile"],
+        "params": params.get(section) or {},
+        "reports_dir": str(reports_dir),
+        "data_dir": str(data_dir),
+    }
+
+    import papermill as pm
+
+    env_backup = dict(os.environ)
+    # Progress bars in an executed report are noise; the library reads this to turn them off.
+    os.environ["TRUSTLAB_PROGRESS"] = "0"
+    os.environ.setdefault("TRUSTLAB_ROOT", str(ROOT))
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "lib"), os.environ.get("PYTHONPATH")]))
+    out_nb = reports_dir / f"{name}.ipynb"
+    start = time.perf_counter()
+    error: BaseException | None = None
+    with tempfile.TemporaryDirectory(dir=reports_dir, prefix=".run-") as tmp:
+        tmp_nb = Path(tmp) / f"{name}.ipynb"
+        try:
+            pm.execute_notebook(
+                str(notebook),
+                str(tmp_nb),
+                parameters=parameters,
+                kernel_name=KERNEL,
+                cwd=str(ROOT),
+                execution_timeout=timeout_s,
+                progress_bar=False,
+                report_mode=False,
+            )
+        except pm.PapermillExecutionError as exc:
+            error = exc
+        finally:
+            os.environ.clear()
+            os.environ.update(env_backup)
+        if tmp_nb.exists():
+            os.replace(tmp_nb, out_nb)
+    wall = time.perf_counter() - start
+    if error is not None:
+        print(f"error: notebook {name} failed in cell {getattr(error, 'exec_count', '?')}: "
+              f"{getattr(error, 'ename', '')}: {getattr(error, 'evalue', error)}\n"
+              f"see the executed notebook {out_nb}", file=sys.stderr)
+        raise SystemExit(1)
+    render_html(out_nb, reports_dir / "index.html", title=name)
+    metrics_path = reports_dir / "metrics.json"
+    if metrics_path.exists():
+        metrics = io.read_json(metrics_path)
+        metrics["run"] = {"profile": params["profile"], "wall_time_s": round(wall, 1)}
+        io.write_json(metrics_path, metrics)
+    print(f"{name}: executed in {wall:.1f}s -> {out_nb.relative_to(ROOT) if out_nb.is_relative_to(ROOT) else out_nb}")
+    return out_nb
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("notebook", help=f"one of: {', '.join(NOTEBOOKS)}")
+    parser.add_argument("--profile", default=None, help="params profile (e.g. smoke); default: params.yaml's")
+    parser.add_argument("--reports-dir", type=Path, default=None)
+    parser.add_argument("--data-dir", type=Path, default=None)
+    parser.add_argument("--params-file", type=Path, default=None)
+    parser.add_argument("--timeout", type=int, default=3600, help="per-cell execution timeout in seconds")
+    args = parser.parse_args(argv)
+    try:
+        run(args.notebook, args.profile, args.reports_dir, args.data_dir, args.timeout, args.params_file)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

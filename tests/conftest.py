@@ -1,0 +1,42 @@
+"""Test-wide settings: no network, W&B disabled unless a test asks, small thread pools."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "lib"))
+
+os.environ["TRUSTLAB_WANDB_MODE"] = "disabled"
+os.environ["WANDB_MODE"] = "disabled"
+os.environ["WANDB_ERROR_REPORTING"] = "false"
+os.environ["WANDB_SILENT"] = "true"
+os.environ["TRUSTLAB_PROGRESS"] = "0"
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+try:  # two xdist workers on two cores: one torch thread each avoids oversubscription
+    import torch
+
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        torch.set_num_threads(1)
+except ImportError:  # pragma: no cover
+    pass
+
+
+@pytest.fixture
+def root() -> Path:
+    return ROOT
+
+
+@pytest.fixture
+def wandb_tmp(tmp_path, monkeypatch):
+    """Point W&B at a temporary directory and switch it to offline mode."""
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("TRUSTLAB_WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    return tmp_path
