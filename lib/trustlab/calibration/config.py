@@ -1,0 +1,205 @@
+"""The ``calibration:`` section of ``params.yaml``.
+
+Every loss name (main table, label-noise robustness, AnyLoss table) and every per-loss
+hyperparameter is checked against the loss registry (:mod:`trustlab.calibration.losses`)
+when the config is loaded, i.e. before anything is trained.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from trustlab.calibration.data import NOISE_KINDS, SHIFTS, SOFT_METHODS
+from trustlab.calibration.losses import LOSSES, loss_names, validate_loss
+from trustlab.config import ConfigError, Section
+
+__all__ = [
+    "CalibrationConfig",
+    "CASettings",
+    "NoiseSettings",
+    "AnnotatorSettings",
+    "AnyLossSettings",
+    "MAIN_LOSSES",
+    "SOFT_VARIANTS",
+]
+
+MAIN_LOSSES = [
+    "ce", "label_smoothing", "focal", "flsd53", "brier", "mmce",
+    "gce", "mae", "ldr_kl", "aldr_kl", "bias", "zloss",
+]
+# soft-label table rows: CE on gold / majority-vote labels, or soft_kl on a soft-label method
+SOFT_VARIANTS = ("gold", "majority", *SOFT_METHODS, "aggregate")
+
+
+@dataclass(frozen=True)
+class CASettings(Section):
+    """Correctness-aware calibrator: transformed views and training (see ``CACalibrator``)."""
+
+    SECTION = "calibration.ca"
+    rotation: float = 15.0  # degrees, view 1
+    contrast: float = 0.7  # view 2: (x - mean) * contrast + mean + brightness
+    brightness: float = 0.1
+    shift: int = 1  # view 3: translation in pixels (used when blur == 0)
+    blur: float = 0.0  # view 3: Gaussian blur sigma instead of the shift when > 0
+    top_k: int = 4
+    hidden: int = 5
+    t_min: float = 0.1
+    t_max: float = 10.0
+    lr: float = 1e-3  # paper: 1e-4 x 10 epochs on a large validation set; see CACalibrator
+    epochs: int = 100
+    batch_size: int = 1000
+    init: str = "ts"  # start T at the TS solution ("ts") or at 1 ("one"); the paper inits at random
+
+    def validate(self) -> None:
+        self.check_range("rotation", -180, 180)
+        self.check_range("contrast", 0, None, lo_open=True)
+        self.check_range("brightness", -1, 1)
+        self.check_range("shift", 0, 3)
+        self.check_range("blur", 0, None)
+        self.check_range("top_k", 1, 10)
+        self.check_range("hidden", 1, None)
+        self.check_range("t_min", 0, None, lo_open=True)
+        if self.t_max <= self.t_min:
+            self.fail("t_max", f"greater than t_min = {self.t_min}")
+        self.check_range("lr", 0, None, lo_open=True)
+        self.check_range("epochs", 1, None)
+        self.check_range("batch_size", 1, None)
+        self.check_choice("init", ["ts", "one"])
+
+
+@dataclass(frozen=True)
+class NoiseSettings(Section):
+    """Label-noise robustness table: which losses, noise kinds and rates."""
+
+    SECTION = "calibration.noise"
+    losses: list[str] = field(default_factory=lambda: ["ce", "gce", "mae", "ldr_kl", "aldr_kl"])
+    kinds: list[str] = field(default_factory=lambda: list(NOISE_KINDS))
+    rates: list[float] = field(default_factory=lambda: [0.4])  # [0.2, 0.4] adds ~60-110 s
+    shifted: bool = False  # also evaluate every shifted test set (slower)
+
+    def validate(self) -> None:
+        self.check_subset("losses", loss_names("multiclass"), nonempty=False)
+        self.check_subset("kinds", NOISE_KINDS)
+        self.check_range("rates", 0.0, 1.0, hi_open=True)
+
+
+@dataclass(frozen=True)
+class AnnotatorSettings(Section):
+    """Simulated crowd annotators and the soft-label table."""
+
+    SECTION = "calibration.annotators"
+    n_annotators: int = 15
+    labels_per_item: int = 10
+    acc_low: float = 0.5
+    acc_high: float = 0.9
+    concentration: float = 0.5  # Dirichlet over each annotator's confusions (small: few favourites)
+    ambiguity: float = 0.6  # share of each label drawn from the item's look-alike distribution
+    ambiguity_temperature: float = 0.5  # nearest-centroid softmax temperature (squared pixel distance)
+    methods: list[str] = field(default_factory=lambda: list(SOFT_METHODS))  # averaged into "aggregate"
+    softmax_temperature: float = 1.0
+    variants: list[str] = field(default_factory=lambda: ["majority", "vote", "aggregate"])
+    epochs: int | None = None  # training epochs for this table (None: the main table's)
+
+    def validate(self) -> None:
+        self.check_range("n_annotators", 1, None)
+        self.check_range("labels_per_item", 1, self.n_annotators)
+        self.check_range("acc_low", 0.0, 1.0)
+        self.check_range("acc_high", self.acc_low, 1.0)
+        self.check_range("concentration", 0.0, None, lo_open=True)
+        self.check_range("ambiguity", 0.0, 1.0)
+        self.check_range("ambiguity_temperature", 0.0, None, lo_open=True)
+        self.check_subset("methods", SOFT_METHODS)
+        self.check_range("softmax_temperature", 0.0, None, lo_open=True)
+        self.check_subset("variants", SOFT_VARIANTS, nonempty=False)
+        self.check_range("epochs", 1, None)
+
+
+@dataclass(frozen=True)
+class AnyLossSettings(Section):
+    """The binary AnyLoss table on breast cancer (BCE baseline + AnyLoss metrics)."""
+
+    SECTION = "calibration.anyloss"
+    losses: list[str] = field(
+        default_factory=lambda: ["bce", "anyloss_f1", "anyloss_fbeta", "anyloss_bacc", "anyloss_gmean"]
+    )
+    hidden: int = 16
+    epochs: int = 60
+    lr: float = 1e-2
+    batch_size: int = 64
+
+    def validate(self) -> None:
+        self.check_subset("losses", loss_names("binary"), nonempty=False)
+        self.check_range("hidden", 1, None)
+        self.check_range("epochs", 1, None)
+        self.check_range("lr", 0, None, lo_open=True)
+        self.check_range("batch_size", 1, None)
+
+
+@dataclass(frozen=True)
+class CalibrationConfig(Section):
+    """Calibration losses, post-hoc calibrators and metrics on digits / breast cancer."""
+
+    SECTION = "calibration"
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
+    losses: list[str] = field(default_factory=lambda: list(MAIN_LOSSES))
+    # per-loss hyperparameter overrides, e.g. {"focal": {"gamma": 3}, "zloss": {"a": 1, "b": 2}}
+    loss_params: dict[str, dict[str, float]] = field(default_factory=dict)
+    # data (digits): stratified split by seed; n_train keeps a stratified subset of the train part
+    val_frac: float = 0.2
+    test_frac: float = 0.3
+    n_train: int | None = 200
+    # model + training
+    hidden: int = 64
+    depth: int = 1
+    epochs: int = 150
+    lr: float = 1e-2
+    batch_size: int = 32
+    weight_decay: float = 0.0
+    threads: int = 1
+    enable_progress_bar: bool | None = None  # None: trustlab.progress decides
+    # evaluation
+    shifts: list[str] = field(default_factory=lambda: list(SHIFTS))
+    severities: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
+    n_bins: int = 15
+    ts_max_iter: int = 100
+    calibrators: list[str] = field(default_factory=lambda: ["ts", "ca"])
+    # sub-tables
+    ca: CASettings = field(default_factory=CASettings)
+    noise: NoiseSettings = field(default_factory=NoiseSettings)
+    annotators: AnnotatorSettings = field(default_factory=AnnotatorSettings)
+    anyloss: AnyLossSettings = field(default_factory=AnyLossSettings)
+
+    def validate(self) -> None:
+        if not self.seeds:
+            self.fail("seeds", "at least one non-negative integer seed")
+        self.check_range("seeds", 0, None)
+        if len(set(self.seeds)) != len(self.seeds):
+            self.fail("seeds", "distinct seeds")
+        self.check_subset("losses", loss_names("multiclass"))
+        for name, hp in self.loss_params.items():
+            if name not in LOSSES:
+                raise ConfigError(
+                    f"{self._path()}.loss_params: unknown loss {name!r}; allowed: {', '.join(map(repr, LOSSES))}"
+                )
+            validate_loss(name, hp, where=f"{self._path()}.loss_params")
+        self.check_range("val_frac", 0.0, 1.0, lo_open=True, hi_open=True)
+        self.check_range("test_frac", 0.0, 1.0, lo_open=True, hi_open=True)
+        if self.val_frac + self.test_frac >= 0.95:
+            self.fail("test_frac", f"val_frac + test_frac < 0.95 (val_frac = {self.val_frac})")
+        self.check_range("n_train", 20, None)
+        self.check_range("hidden", 1, None)
+        self.check_range("depth", 1, 4)
+        self.check_range("epochs", 1, None)
+        self.check_range("lr", 0.0, None, lo_open=True)
+        self.check_range("batch_size", 1, None)
+        self.check_range("weight_decay", 0.0, None)
+        self.check_range("threads", 1, 64)
+        self.check_subset("shifts", SHIFTS, nonempty=False)
+        self.check_subset("severities", [1, 2, 3, 4, 5], nonempty=bool(self.shifts))
+        self.check_range("n_bins", 2, 100)
+        self.check_range("ts_max_iter", 1, None)
+        self.check_subset("calibrators", ["ts", "ca"], nonempty=False)
+
+    def hparams_for(self, loss: str) -> dict[str, float]:
+        """The loss's full hyperparameters: registry defaults with this config's overrides."""
+        return validate_loss(loss, self.loss_params.get(loss), where=f"{self._path()}.loss_params")
