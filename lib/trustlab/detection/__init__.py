@@ -1,0 +1,38 @@
+"""Error detection in language-model responses (method card:
+``/work/shared/methods/error_detection.md``).
+
+Shaped like lm-polygraph without depending on it: per-generation statistics are computed
+once and stored (:mod:`.statistics`, ``GenerationStats``), *estimators* are small functions
+from those statistics to an uncertainty score u (higher = more likely an error;
+:mod:`.estimators`, ``build_estimator`` registry), and *metrics* score estimators against the
+error labels (:mod:`.metrics`: AUROC, AUPRC + base rate, normalised PRR, ReaLMistake-style
+P/R/F1 with the always-error and random baselines, bootstrap CIs). :mod:`.config` holds
+``ErrorDetectionConfig`` (the ``error_detection:`` section of ``params.yaml``).
+
+Submodules are imported lazily so that loading the config does not import scikit-learn.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "GenerationStats": "statistics",
+    "LabelAccessError": "statistics",
+    "check_disjoint": "statistics",
+    "assign_splits": "statistics",
+    "build_estimator": "estimators",
+    "estimator_names": "estimators",
+    "ESTIMATORS": "estimators",
+    "evaluate": "metrics",
+    "ErrorDetectionConfig": "config",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
