@@ -38,9 +38,10 @@ def run(
 ) -> Path:
     if name not in NOTEBOOKS:
         raise ConfigError(f"notebook = {name!r} is not allowed: choose one of {', '.join(NOTEBOOKS)}")
-    notebook = ROOT / "notebooks" / f"{name}.ipynb"
-    if not notebook.exists():
-        raise FileNotFoundError(f"{notebook} is missing; run `jupytext --sync notebooks/{name}.py` to create it")
+    # The .py twin is what DVC depends on, so it is what runs (a stale .ipynb cannot sneak in).
+    source = ROOT / "notebooks" / f"{name}.py"
+    if not source.exists():
+        raise FileNotFoundError(f"{source} is missing")
     params = load_params(params_file, profile)
     section = NOTEBOOKS[name]
     # Fail before the kernel starts: the same validation runs again inside the notebook.
@@ -61,12 +62,19 @@ def run(
     env_backup = dict(os.environ)
     # Progress bars in an executed report are noise; the library reads this to turn them off.
     os.environ["TRUSTLAB_PROGRESS"] = "0"
+    # A BLAS pool per process oversubscribes a small machine; torch threads are set per family.
+    for var in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, "1")
     os.environ.setdefault("TRUSTLAB_ROOT", str(ROOT))
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "lib"), os.environ.get("PYTHONPATH")]))
     out_nb = reports_dir / f"{name}.ipynb"
     start = time.perf_counter()
     error: BaseException | None = None
     with tempfile.TemporaryDirectory(dir=reports_dir, prefix=".run-") as tmp:
+        import jupytext
+
+        notebook = Path(tmp) / f"{name}.source.ipynb"
+        jupytext.write(jupytext.read(source), notebook)
         tmp_nb = Path(tmp) / f"{name}.ipynb"
         try:
             pm.execute_notebook(
@@ -74,6 +82,7 @@ def run(
                 str(tmp_nb),
                 parameters=parameters,
                 kernel_name=KERNEL,
+                language="python",
                 cwd=str(ROOT),
                 execution_timeout=timeout_s,
                 progress_bar=False,

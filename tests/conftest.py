@@ -18,6 +18,8 @@ os.environ["WANDB_SILENT"] = "true"
 os.environ["TRUSTLAB_PROGRESS"] = "0"
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 try:  # two xdist workers on two cores: one torch thread each avoids oversubscription
     import torch

@@ -36,8 +36,8 @@ def set_threads(n: int | None = None) -> int:
     n = n or min(os.cpu_count() or 1, 8)
     torch.set_num_threads(n)
     try:
-        torch.set_interop_threads(1)
-    except RuntimeError:  # can only be set once, before any parallel work
+        torch.set_num_interop_threads(1)
+    except (RuntimeError, AttributeError):  # settable only once, before any inter-op parallel work
         pass
     return n
 
