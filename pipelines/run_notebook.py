@@ -105,7 +105,7 @@ def run(
     metrics_path = reports_dir / "metrics.json"
     if metrics_path.exists():
         metrics = io.read_json(metrics_path)
-        metrics["run"] = {"profile": params["profile"], "wall_time_s": round(wall, 1)}
+        metrics["run"] = {**metrics.get("run", {}), "profile": params["profile"], "wall_time_s": round(wall, 1)}
         io.write_json(metrics_path, metrics)
     print(f"{name}: executed in {wall:.1f}s -> {out_nb.relative_to(ROOT) if out_nb.is_relative_to(ROOT) else out_nb}")
     return out_nb

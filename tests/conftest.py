@@ -42,3 +42,21 @@ def wandb_tmp(tmp_path, monkeypatch):
     monkeypatch.setenv("TRUSTLAB_WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_MODE", "offline")
     return tmp_path
+
+
+def _run(args: list[str]) -> None:
+    import subprocess
+
+    proc = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+
+
+@pytest.fixture(scope="session")
+def smoke_data_dir(tmp_path_factory) -> Path:
+    """A data directory built like the pipeline builds data/, under the smoke profile:
+    generated data in ``generated/`` and the pretrained base model in ``models/base``."""
+    data = tmp_path_factory.mktemp("smoke") / "data"
+    _run(["pipelines/generate_data.py", "--profile", "smoke", "--out", str(data / "generated")])
+    _run(["pipelines/pretrain_base.py", "--profile", "smoke", "--data-dir", str(data), "--out", str(data / "models" / "base")])
+    return data
