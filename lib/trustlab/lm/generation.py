@@ -365,7 +365,7 @@ def score_continuations(
     return_prompt_hidden: bool = False,
 ) -> ScoreResult:
     """Per-token statistics of given continuations (teacher forcing). String continuations
-    are encoded with ``tokenizer.encode`` (+ ``<eos>`` when ``add_eos``); id lists are used
+    are encoded like answers (``tokenizer.encode_answer``, + ``<eos>`` when ``add_eos``); id lists are used
     as given. Prompts are encoded like ``generate`` does."""
     if len(prompts) != len(continuations):
         raise ValueError(f"{len(prompts)} prompts but {len(continuations)} continuations")
@@ -375,7 +375,8 @@ def score_continuations(
     C = []
     for c in continuations:
         if isinstance(c, str):
-            C.append(tokenizer.encode(c) + ([tokenizer.eos_id] if add_eos else []))
+            encode = getattr(tokenizer, "encode_answer", tokenizer.encode)  # answer spacing (tokenizer.py)
+            C.append(encode(c) + ([tokenizer.eos_id] if add_eos else []))
         else:
             C.append([int(i) for i in c])
     limit = context_length(model)

@@ -8,6 +8,13 @@ Special-token strings inside text are *not* parsed as specials.
 Example layout (``encode_example``):  ``<bos> prompt <sep> answer <eos>``, loss mask 1 only on the
 answer tokens and ``<eos>``. ``encode_prompt`` gives the prefix ``<bos> prompt <sep>`` that
 generation continues.
+
+Answers go through ``encode_answer``. A ``WordTokenizer`` built with ``answer_space=True`` encodes
+an answer that does not start with whitespace as ``" " + answer``, so that the answer ``Paris``
+is the same token as `` Paris`` in running text (a biography); without it the word tokenizer
+would give the answer its own, unspaced token and knowledge read from the biographies would
+not reach the answer token. Decoded answers then start with a space; the answer checkers
+normalise whitespace. The flag is saved with the tokenizer.
 """
 
 from __future__ import annotations
@@ -68,10 +75,14 @@ class _Tokenizer:
         """``<bos> prompt <sep>``: the prefix from which an answer is generated."""
         return [self.bos_id, *self.encode(prompt), self.sep_id]
 
+    def encode_answer(self, answer: str) -> list[int]:
+        """The tokens of an answer as it follows ``<sep>`` (see the module docstring)."""
+        return self.encode(answer)
+
     def encode_example(self, prompt: str, answer: str) -> tuple[list[int], list[int]]:
         """``<bos> prompt <sep> answer <eos>`` and a loss mask that is 1 on answer + eos."""
         p = self.encode_prompt(prompt)
-        a = [*self.encode(answer), self.eos_id]
+        a = [*self.encode_answer(answer), self.eos_id]
         return p + a, [0] * len(p) + [1] * len(a)
 
     def encode_text(self, text: str) -> tuple[list[int], list[int]]:
@@ -88,7 +99,7 @@ class _Tokenizer:
 class WordTokenizer(_Tokenizer):
     kind = "word"
 
-    def __init__(self, vocab: Sequence[str], pattern: str = WORD_PATTERN):
+    def __init__(self, vocab: Sequence[str], pattern: str = WORD_PATTERN, *, answer_space: bool = False):
         vocab = list(vocab)
         if tuple(vocab[: len(SPECIALS)]) != SPECIALS:
             raise ValueError(f"vocab must start with the special tokens {SPECIALS}")
@@ -99,9 +110,18 @@ class WordTokenizer(_Tokenizer):
         self.itos = vocab
         self.stoi = {s: i for i, s in enumerate(vocab)}
         self.specials = {s: self.stoi[s] for s in SPECIALS}
+        self.answer_space = bool(answer_space)
 
     @classmethod
-    def fit(cls, texts: Iterable[str], *, min_freq: int = 1, max_vocab: int | None = None, pattern: str = WORD_PATTERN):
+    def fit(
+        cls,
+        texts: Iterable[str],
+        *,
+        min_freq: int = 1,
+        max_vocab: int | None = None,
+        pattern: str = WORD_PATTERN,
+        answer_space: bool = False,
+    ):
         """Vocabulary: specials, then pieces by descending count, ties broken lexicographically."""
         counts = Counter()
         rx = re.compile(pattern)
@@ -111,7 +131,7 @@ class WordTokenizer(_Tokenizer):
         pieces = sorted(kept, key=lambda p: (-counts[p], p))
         if max_vocab is not None:
             pieces = pieces[: max(0, max_vocab - len(SPECIALS))]
-        return cls([*SPECIALS, *pieces], pattern)
+        return cls([*SPECIALS, *pieces], pattern, answer_space=answer_space)
 
     @property
     def vocab_size(self) -> int:
@@ -127,17 +147,25 @@ class WordTokenizer(_Tokenizer):
         unk = self.unk_id
         return [self.stoi.get(p, unk) for p in self.tokenize(text)]
 
+    def encode_answer(self, answer: str) -> list[int]:
+        if self.answer_space and answer and not answer[0].isspace():
+            answer = " " + answer
+        return self.encode(answer)
+
     def decode(self, ids: Iterable[int], skip_special: bool = True) -> str:
         special = self.special_ids
         return "".join(self.itos[i] for i in map(int, ids) if not (skip_special and i in special))
 
     def _state(self) -> dict:
-        return {"type": self.kind, "pattern": self.pattern, "vocab": self.itos}
+        state = {"type": self.kind, "pattern": self.pattern, "vocab": self.itos}
+        if self.answer_space:  # written only when set: older tokenizer files stay byte-identical
+            state["answer_space"] = True
+        return state
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> "WordTokenizer":
         state = _read_state(directory, cls.kind)
-        return cls(state["vocab"], state["pattern"])
+        return cls(state["vocab"], state["pattern"], answer_space=bool(state.get("answer_space", False)))
 
 
 class ByteTokenizer(_Tokenizer):

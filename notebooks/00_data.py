@@ -1,0 +1,157 @@
+# %% [markdown]
+# # The generated data
+#
+# The `data` stage (`pipelines/generate_data.py`) writes every data set the families use,
+# deterministically from the `data:` section of `params.yaml`. This report shows what is
+# there: counts per task and split, what each split of the synthetic world is for, the
+# attribute distributions, examples of every task, the fingerprints that identify this exact
+# data, and token statistics under the base model's tokenizer. The library code is in
+# `trustlab.data` (`trustlab.data.report` for these tables); this notebook only calls it.
+
+# %% tags=["parameters"]
+profile = None        # e.g. "smoke"; None = the profile key in params.yaml
+params = {}           # overrides of the data section (the runner injects the whole section)
+reports_dir = None    # default reports/00_data
+data_dir = None       # default data/
+
+# %%
+import time
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import pandas as pd
+from IPython.display import display
+
+from trustlab.config import load_params, load_section
+from trustlab.data import report as dr
+from trustlab.data.config import DataConfig
+from trustlab.lm.base_model import BaseModelConfig
+from trustlab.paths import data_dir as default_data_dir
+from trustlab.paths import reports_dir as default_reports_dir
+from trustlab.plotting import save_figure
+from trustlab.tracking import start_run, write_metrics, write_plot
+
+stage_t0 = time.perf_counter()
+cfg = load_section(DataConfig, params, profile=profile)
+profile_name = profile or load_params()["profile"]
+reports = Path(reports_dir) if reports_dir else default_reports_dir(dr.STAGE)
+gen_dir = dr.generated_dir(Path(data_dir) if data_dir else default_data_dir())
+figures = {}
+
+
+def show(fig, name):
+    """Save the figure as PNG under reports/figures, keep it for W&B, show it inline."""
+    save_figure(fig, reports / "figures" / f"{name}.png")
+    figures[name] = fig
+    plt.show()
+
+
+pd.set_option("display.precision", 3)
+pd.set_option("display.width", 160)
+pd.set_option("display.max_colwidth", 120)
+print(f"profile {profile_name}; data in {gen_dir}")
+
+# %% [markdown]
+# ## Counts per task and split
+
+# %%
+counts = dr.counts_frame(gen_dir)
+display(counts)
+show(dr.plot_counts(counts), "counts")
+
+# %% [markdown]
+# ## Splits of the synthetic world
+#
+# Fictional people with closed-set attributes. The splits decide what the models see:
+# biographies of `qa_train` and `qa_heldout` people are pretraining text; only `qa_train`
+# questions are trained; `new_facts` people appear only in fine-tuning; `nonexistent` people
+# belong to nobody, and the right answer about them is the abstention.
+
+# %%
+display(dr.role_frame(gen_dir))
+
+# %% [markdown]
+# ## Attribute distributions
+#
+# Values are drawn from closed sets. The majority share is the accuracy of always answering
+# the most common value, a floor for QA accuracy; a normalised entropy near 1 means the values
+# are close to uniform.
+
+# %%
+dist = dr.attribute_distribution(gen_dir)
+display(dr.attribute_summary(gen_dir))
+show(dr.plot_attributes(dist), "attributes")
+
+# %% [markdown]
+# ## Examples of every task
+#
+# One person's biographies (paraphrased templates in shuffled orders), then the first records
+# of every task and split.
+
+# %%
+display(dr.bio_examples(gen_dir, n_people=1))
+
+# %%
+display(dr.examples(gen_dir, per_split=2))
+
+# %% [markdown]
+# ## Fingerprints
+#
+# The sha256 over every generated file identifies this data exactly (the base model records
+# the fingerprint it was trained on). The code corpus is the running interpreter's standard
+# library, sorted and deduplicated; its text hash and size are below. *Modified files* lists
+# files whose sha256 no longer matches the manifest (it should be empty).
+
+# %%
+info = dr.fingerprints(gen_dir)
+display(dr.fingerprint_frame(info))
+print("modified files:", info["modified_files"] or "none")
+if "code_corpus" in info:
+    print("code corpus: skipped files by reason", info["code_corpus"]["skipped"])
+
+# %% [markdown]
+# ## Token statistics
+#
+# Under the base model's word-level tokenizer (fit on all generated text, so no token is
+# unknown): tokens per example (`<bos> prompt <sep> answer <eos>`) and per biography. The
+# dashed line is the base model's default context length.
+
+# %%
+tok = dr.fit_tokenizer(gen_dir)
+stats = dr.token_stats(gen_dir, tok)
+totals = dr.corpus_token_totals(gen_dir, tok)
+display(stats)
+display(pd.Series(totals).to_frame("value"))
+show(dr.plot_token_lengths(stats, BaseModelConfig().block_size), "token_lengths")
+
+# %% [markdown]
+# ## Outputs
+#
+# `metrics.json` (headline counts, fingerprints), plot data under `plots/`, figures under
+# `figures/`, and a W&B run with the tables and figures.
+
+# %%
+stage_seconds = time.perf_counter() - stage_t0
+head = dr.headline(counts, info, totals, stats)
+metrics = {
+    "headline": head,
+    "claims": [],
+    "counts": counts.astype(object).where(counts.notna(), None).to_dict(orient="records"),
+    "fingerprints": info,
+    "token_totals": totals,
+    "params": cfg.to_dict(),
+    "run": {"profile": profile_name, "stage_seconds": round(stage_seconds, 1)},
+}
+write_metrics(dr.STAGE, metrics, reports)
+write_plot(dr.STAGE, "counts", counts, reports)
+write_plot(dr.STAGE, "token_stats", stats, reports)
+write_plot(dr.STAGE, "attributes", dist, reports)
+run_config = {**cfg.to_dict(), "profile": profile_name}
+with start_run(family="data", job_type="report", name="data-report", config=run_config) as run:
+    run.summary(head)
+    for name, df in {"counts": counts, "token_stats": stats, "fingerprints": dr.fingerprint_frame(info)}.items():
+        run.log_table(name, df)
+    for name, fig in figures.items():
+        run.log_image(name, fig)
+print(f"wrote {reports / 'metrics.json'} in {stage_seconds:.1f} s")
+pd.Series(head).to_frame("value")
