@@ -5,7 +5,9 @@ Modules: :mod:`.losses` (training losses + ``build_loss`` registry), :mod:`.cali
 (temperature scaling, correctness-aware CA), :mod:`.metrics` (ECE, adaptive / classwise ECE,
 MCE, Brier, AURC, NLL, reliability diagrams), :mod:`.data` (digits / breast cancer, shifts,
 label noise, crowd annotators, CA views), :mod:`.models`, :mod:`.train` (Lightning),
-:mod:`.config` (``CalibrationConfig``) and :mod:`.experiment` (what the notebook calls).
+:mod:`.config` (``CalibrationConfig``), :mod:`.experiment` (what the notebook calls),
+:mod:`.lm` (answer-level calibration of a language model) and :mod:`.report` (the notebook's
+tables, figures, output files and W&B logging).
 
 Submodules are imported lazily so that loading the config does not import Lightning.
 """

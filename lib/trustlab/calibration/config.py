@@ -19,6 +19,8 @@ __all__ = [
     "NoiseSettings",
     "AnnotatorSettings",
     "AnyLossSettings",
+    "LMSettings",
+    "LM_POOLS",
     "MAIN_LOSSES",
     "SOFT_VARIANTS",
 ]
@@ -135,6 +137,48 @@ class AnyLossSettings(Section):
         self.check_range("batch_size", 1, None)
 
 
+LM_POOLS = ["world_qa/qa_train", "world_qa/qa_heldout", "world_qa/new_facts", "arithmetic/test", "arithmetic/ood"]
+
+
+def _allowed_pools() -> list[str]:
+    """Every ``task/split`` the answer checkers cover (``trustlab.data.checkers.CHECKERS``)."""
+    from trustlab.data.checkers import CHECKERS
+    from trustlab.data.tasks import task_splits
+
+    return [f"{t}/{s}" for t in CHECKERS for s in task_splits(t)]
+
+
+@dataclass(frozen=True)
+class LMSettings(Section):
+    """Answer-level calibration of the base language model (``trustlab.calibration.lm``)."""
+
+    SECTION = "calibration.lm"
+    enabled: bool = True
+    model_dir: str | None = None  # None: <data_dir>/models/base (the base_model stage); relative: under data_dir
+    pools: list[str] = field(default_factory=lambda: list(LM_POOLS))  # task/split, answered greedily
+    n_items: int | None = 300  # per pool, a seeded sample (None: every record)
+    val_frac: float = 0.3  # of each pool's items, for fitting T (the rest is the test set)
+    objectives: list[str] = field(default_factory=lambda: ["correctness", "gold_nll"])  # first = primary
+    max_new_tokens: int = 12
+    batch_size: int = 64
+    max_iter: int = 100  # LBFGS iterations for T
+
+    def validate(self) -> None:
+        from trustlab.calibration.lm import OBJECTIVES
+
+        self.check_subset("pools", _allowed_pools())
+        if len(set(self.pools)) != len(self.pools):
+            self.fail("pools", "distinct task/split names")
+        self.check_range("n_items", 2, None)
+        self.check_range("val_frac", 0.0, 1.0, lo_open=True, hi_open=True)
+        self.check_subset("objectives", OBJECTIVES)
+        if len(set(self.objectives)) != len(self.objectives):
+            self.fail("objectives", f"distinct names from {', '.join(map(repr, OBJECTIVES))}")
+        self.check_range("max_new_tokens", 1, 256)
+        self.check_range("batch_size", 1, None)
+        self.check_range("max_iter", 1, None)
+
+
 @dataclass(frozen=True)
 class CalibrationConfig(Section):
     """Calibration losses, post-hoc calibrators and metrics on digits / breast cancer."""
@@ -168,6 +212,7 @@ class CalibrationConfig(Section):
     noise: NoiseSettings = field(default_factory=NoiseSettings)
     annotators: AnnotatorSettings = field(default_factory=AnnotatorSettings)
     anyloss: AnyLossSettings = field(default_factory=AnyLossSettings)
+    lm: LMSettings = field(default_factory=LMSettings)
 
     def validate(self) -> None:
         if not self.seeds:

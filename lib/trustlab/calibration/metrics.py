@@ -37,6 +37,9 @@ __all__ = [
     "aurc",
     "bin_indices",
     "calibration_bins",
+    "confidence_bins",
+    "confidence_ece",
+    "confidence_adaptive_ece",
     "evaluate",
     "binary_metrics",
     "reliability_diagram",
@@ -184,6 +187,43 @@ def calibration_bins(probs: Any, labels: Any, n_bins: int = N_BINS) -> dict[str,
     conf_np[empty] = np.nan
     edges = np.linspace(0, 1, n_bins + 1)
     return {"lo": edges[:-1], "hi": edges[1:], "count": count.numpy(), "acc": acc_np, "conf": conf_np}
+
+
+def _conf_correct(conf: Any, correct: Any) -> tuple[Tensor, Tensor]:
+    c, k = _t(conf).reshape(-1), _t(correct).reshape(-1)
+    if c.shape != k.shape:
+        raise ValueError(f"conf and correct need one value per item each, got {tuple(c.shape)} and {tuple(k.shape)}")
+    if len(c) and (c.min() < 0 or c.max() > 1):
+        raise ValueError("confidences must lie in [0, 1]")
+    return c, k
+
+
+def confidence_bins(conf: Any, correct: Any, n_bins: int = N_BINS) -> dict[str, np.ndarray]:
+    """Reliability-diagram data for a confidence per item and whether the item was right
+    (e.g. a language model's answer-level confidence): per equal-width bin ``lo``, ``hi``,
+    ``count``, ``acc`` (fraction correct), ``conf`` (mean confidence); NaN for empty bins.
+    With ``conf = max_k p_k`` and ``correct = [argmax p = y]`` it equals :func:`calibration_bins`."""
+    c, k = _conf_correct(conf, correct)
+    count, acc, mconf = _binned_gaps(c, k, bin_indices(c, n_bins), n_bins)
+    empty = (count == 0).numpy()
+    acc_np, conf_np = acc.numpy().copy(), mconf.numpy().copy()
+    acc_np[empty] = np.nan
+    conf_np[empty] = np.nan
+    edges = np.linspace(0, 1, n_bins + 1)
+    return {"lo": edges[:-1], "hi": edges[1:], "count": count.numpy(), "acc": acc_np, "conf": conf_np}
+
+
+def confidence_ece(conf: Any, correct: Any, n_bins: int = N_BINS) -> float:
+    """ECE of confidences against 0/1 correctness, equal-width bins:
+    ``sum_b (n_b / N) |mean_{i in b} correct_i - mean_{i in b} conf_i|`` (c = 1.0 in the last bin)."""
+    c, k = _conf_correct(conf, correct)
+    return _ece_from(c, k, bin_indices(c, n_bins), n_bins)
+
+
+def confidence_adaptive_ece(conf: Any, correct: Any, n_bins: int = N_BINS) -> float:
+    """:func:`confidence_ece` with equal-mass bins (see :func:`adaptive_bin_indices`)."""
+    c, k = _conf_correct(conf, correct)
+    return _ece_from(c, k, adaptive_bin_indices(c, n_bins), n_bins)
 
 
 def evaluate(logits: Any, labels: Any, n_bins: int = N_BINS) -> dict[str, float]:
