@@ -369,3 +369,8 @@ def test_config_defaults_and_clear_errors():
     with pytest.raises(ConfigError, match=r"noisefit.k = 5 is out of range: the model has 4 decoder layers"):
         NoiseFitConfig.from_dict({"k": 5}).check_model(4)
     NoiseFitConfig.from_dict({"k": 4}).check_model(4)
+    assert NoiseFitConfig.from_dict({}).decoding.sample_splits == ["qa_heldout", "nonexistent_test"]
+    with pytest.raises(ConfigError, match=r"noisefit.decoding.sample_splits = \['qa_test'\]: unknown 'qa_test'"):
+        NoiseFitConfig.from_dict({"decoding": {"sample_splits": ["qa_test"]}})
+    with pytest.raises(ConfigError, match="at least one protocol"):
+        NoiseFitConfig.from_dict({"decoding": {"greedy": False, "sample_splits": []}})

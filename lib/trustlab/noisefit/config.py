@@ -40,14 +40,23 @@ DEFAULT_VARIANTS = [
 ]
 
 
+# the evaluation splits (greedy decoding and multiple choice run on all of them)
+EVAL_SPLITS = ("qa_train", "qa_heldout", "new_facts", "nonexistent_test")
+
+
 @dataclass(frozen=True)
 class DecodingConfig(Section):
-    """How answers are decoded for evaluation: greedy, and the paper's sampling protocol."""
+    """How answers are decoded for evaluation: greedy, and the paper's sampling protocol.
+
+    The sampling protocol (5 samples per prompt) costs about six times a greedy pass, so it runs
+    on ``sample_splits`` only: by default the two splits the claims are about (held-out and
+    non-existent people)."""
 
     SECTION = "noisefit.decoding"
 
     greedy: bool = True
     n_samples: int = 5  # 0 switches the sampling protocol off
+    sample_splits: list[str] = field(default_factory=lambda: ["qa_heldout", "nonexistent_test"])
     temperature: float = 0.5
     top_p: float = 0.9
     top_k: int = 40
@@ -57,14 +66,15 @@ class DecodingConfig(Section):
 
     def validate(self) -> None:
         self.check_range("n_samples", 0)
+        self.check_subset("sample_splits", list(EVAL_SPLITS), nonempty=False)
         self.check_range("temperature", 0, lo_open=True)
         self.check_range("top_p", 0, 1, lo_open=True)
         self.check_range("top_k", 1)
         self.check_range("repetition_penalty", 0, lo_open=True)
         self.check_range("max_new_tokens", 1)
         self.check_range("batch_size", 1)
-        if not self.greedy and self.n_samples == 0:
-            self.fail("n_samples", "at least one protocol: greedy: true or n_samples >= 1")
+        if not self.greedy and (self.n_samples == 0 or not self.sample_splits):
+            self.fail("n_samples", "at least one protocol: greedy: true, or n_samples >= 1 with sample_splits")
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,9 @@ Protocol (method card, "What makes a faithful small-scale test here"):
     real people -> a concrete wrong value; non-existent people -> anything but the abstention),
     abstention rate, and abstention precision / recall over held-out + non-existent people;
   - the paper's sampling protocol (5 samples, T = 0.5, top-p 0.9, top-k 40, repetition penalty
-    1.2): mean exact match / hallucination over samples (``s_em_*``, ``s_halluc_*``) and sample
-    agreement (``agree_*``: mean share of the modal answer);
+    1.2) on ``decoding.sample_splits``: mean exact match / hallucination over samples
+    (``s_em_*``, ``s_halluc_*``) and sample agreement (``agree_*``: mean over prompts of the
+    share of the modal answer among the samples);
   - multiple choice by log-likelihood (the TruthfulQA-MC analogue): the true value against the
     record's same-attribute distractors (``mc_<split>``); for non-existent people, whether the
     abstention outscores every concrete option (``mc_abstain_nonexistent_test``).
@@ -36,11 +37,10 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from trustlab.noisefit.config import NoiseFitConfig
+from trustlab.noisefit.config import EVAL_SPLITS, NoiseFitConfig
 from trustlab.noisefit.variants import VARIANTS, get_variant
 
 FAMILY = "noisefit"
-EVAL_SPLITS = ("qa_train", "qa_heldout", "new_facts", "nonexistent_test")
 REAL_EVAL_SPLITS = ("qa_train", "qa_heldout", "new_facts")
 SETTINGS = ("default", "new_facts")
 
@@ -74,6 +74,72 @@ def _world_root(data_dir: Path) -> Path:
     raise FileNotFoundError(
         f"no world/people.json under {data_dir} or {data_dir / 'generated'}: run the data stage first"
     )
+
+
+def base_model_path(cfg: NoiseFitConfig, data_dir: str | Path) -> Path:
+    """``noisefit.base_model`` resolved against ``data_dir`` (an absolute path stays as is)."""
+    return _resolve(Path(data_dir), cfg.base_model)
+
+
+def load_base(cfg: NoiseFitConfig, data_dir: str | Path, base_model_dir: str | Path | None = None):
+    """-> (model, tokenizer, path) of the pretrained base model (our GPT checkpoint format).
+    A missing checkpoint is a clear error naming the ``base_model`` stage that makes it."""
+    from trustlab.lm.checkpoint import CONFIG_FILE, MODEL_FILE, load_pretrained
+
+    path = Path(base_model_dir) if base_model_dir is not None else base_model_path(cfg, data_dir)
+    missing = [f for f in (MODEL_FILE, CONFIG_FILE, "tokenizer.json") if not (path / f).exists()]
+    if missing:
+        raise FileNotFoundError(
+            f"no base model at {path} (noisefit.base_model = {cfg.base_model!r}; missing {', '.join(missing)}): "
+            f"run the base_model stage first: `dvc repro base_model`, or "
+            f"`python pipelines/pretrain_base.py --data-dir {data_dir} --out {path}`"
+        )
+    model, tok = load_pretrained(path)
+    return model, tok, path
+
+
+def context_length(model) -> int:
+    """The longest sequence ``model`` takes: our GPT's ``config.block_size``, an HF model's
+    ``context_length`` (``HFCausalLM``)."""
+    n = getattr(getattr(model, "config", None), "block_size", None) or getattr(model, "context_length", None)
+    if not n:
+        raise ValueError(f"cannot tell the context length of {type(model).__name__}")
+    return int(n)
+
+
+def describe_model(model) -> str:
+    """``"4 layers, d=128, 0.84M parameters"`` for our GPT or an HF model."""
+    from trustlab.lm.hooks import decoder_blocks
+
+    cfg = getattr(model, "config", None)
+    d = getattr(cfg, "n_embd", None) or getattr(cfg, "hidden_size", None)
+    n_params = sum(p.numel() for p in model.parameters())
+    return f"{type(model).__name__}, {len(decoder_blocks(model))} layers, d={d}, {n_params / 1e6:.2f}M parameters"
+
+
+def export_model(model, tokenizer, out: str | Path, metadata: dict[str, Any]) -> Path:
+    """Save a fine-tuned model with its tokenizer: our GPT through ``save_model`` (weights,
+    config with ``metadata``, tokenizer); an ``HFCausalLM`` through ``save_pretrained`` plus
+    ``noisefit.json`` holding the metadata."""
+    from trustlab.io import write_json
+    from trustlab.lm.checkpoint import save_model
+    from trustlab.lm.gpt import GPT
+
+    out = Path(out)
+    if isinstance(model, GPT):
+        return save_model(model, out, tokenizer, metadata=metadata)
+    hf = getattr(model, "hf", None)
+    if hf is None or not hasattr(hf, "save_pretrained"):
+        raise TypeError(f"cannot export a {type(model).__name__}: expected our GPT or an HFCausalLM")
+    out.mkdir(parents=True, exist_ok=True)
+    hf.save_pretrained(out)
+    inner = getattr(tokenizer, "tokenizer", None)  # HFTokenizer wraps a transformers tokenizer
+    if inner is not None and hasattr(inner, "save_pretrained"):
+        inner.save_pretrained(out)
+    elif hasattr(tokenizer, "save"):
+        tokenizer.save(out)
+    write_json(out / "noisefit.json", metadata)
+    return out
 
 
 def finetune_pairs(world: World, *, new_facts: bool = False) -> list[tuple[str, str]]:
@@ -209,7 +275,7 @@ def evaluate(
             outcomes = [classify(t, r) for t, r in zip(g.texts, rows)]
             greedy_outcomes[split] = list(zip(outcomes, rows))
             _rates(out, "", split, outcomes, rows)
-        if dec.n_samples > 0:
+        if dec.n_samples > 0 and split in dec.sample_splits:
             s = generate(
                 model, tokenizer, prompts, max_new_tokens=dec.max_new_tokens, do_sample=True,
                 temperature=dec.temperature, top_p=dec.top_p, top_k=dec.top_k,
@@ -239,7 +305,11 @@ def _rates(out: dict, prefix: str, split: str, labels: Sequence[str], rows: Sequ
     out[f"{prefix}halluc_{split}"] = sum(is_hallucination(lab, r) for lab, r in zip(labels, rows)) / n
     out[f"{prefix}abstain_{split}"] = sum(abstained(lab, r) for lab, r in zip(labels, rows)) / n
     if not prefix:
-        out[f"other_{split}"] = sum(lab == "other" for lab in labels) / n
+        other = sum(lab == "other" for lab in labels) / n
+        out[f"other_{split}"] = other
+        # a well-formed answer is a value of the asked attribute or the abstention; a collapsed
+        # model (the card: KL-only / consistency-only training) produces neither
+        out[f"valid_{split}"] = 1.0 - other
 
 
 def abstention_pr(real: Sequence[tuple[str, dict]], nonexistent: Sequence[tuple[str, dict]]) -> tuple[float, float]:
@@ -318,13 +388,21 @@ def run_experiment(
     cfg: NoiseFitConfig,
     data_dir: str | Path,
     *,
-    track: bool = True,
+    model=None,
+    tokenizer=None,
     base_model_dir: str | Path | None = None,
+    base_name: str | None = None,
+    track: bool = True,
     log: Callable[[str], None] | None = print,
 ) -> Results:
     """Fine-tune and evaluate every planned run; export the ``export_seed`` models of the
-    default setting to ``<data_dir>/models/noisefit/<variant>/``."""
-    from trustlab.lm.checkpoint import load_pretrained, save_model
+    default setting to ``<data_dir>/models/noisefit/<variant>/``.
+
+    The base model is ``model`` + ``tokenizer`` when given (any model the shared LM code
+    supports: our GPT, or an ``HFCausalLM`` from ``trustlab.lm.hf_backend``), otherwise the
+    checkpoint at ``base_model_dir`` or ``noisefit.base_model`` (:func:`load_base`). It is
+    never modified: every run fine-tunes a copy. ``base_name`` names an in-memory base model
+    in the exported models' metadata."""
     from trustlab.lm.hooks import decoder_blocks
     from trustlab.progress import progress
     from trustlab.seeding import set_threads
@@ -332,8 +410,14 @@ def run_experiment(
 
     t_start = time.perf_counter()
     data_dir = Path(data_dir)
-    base_dir = Path(base_model_dir) if base_model_dir is not None else _resolve(data_dir, cfg.base_model)
-    base, tok = load_pretrained(base_dir)
+    if (model is None) != (tokenizer is None):
+        raise ValueError("pass both model and tokenizer, or neither (then the base model is loaded from disk)")
+    if model is None:
+        base, tok, base_dir = load_base(cfg, data_dir, base_model_dir)
+        base_name = str(base_dir)
+    else:
+        base, tok = model, tokenizer
+        base_name = base_name or f"in-memory {type(model).__name__}"
     cfg.check_model(len(decoder_blocks(base)))  # k vs depth, before any training
     try:
         set_threads(cfg.threads)
@@ -341,7 +425,7 @@ def run_experiment(
         pass
     world = load_world(data_dir)
     items = eval_items(world, cfg.max_eval_items)
-    block = base.config.block_size
+    block = context_length(base)
     datasets = {
         "default": finetune_dataset(world, tok, block, max_examples=cfg.max_train_examples),
         "new_facts": finetune_dataset(world, tok, block, new_facts=True, max_examples=cfg.max_train_examples),
@@ -349,7 +433,7 @@ def run_experiment(
     results = Results(config=cfg.to_dict())
     say = log or (lambda s: None)
     say(
-        f"base model {base_dir}: {base.config.n_layer} layers, d={base.config.n_embd}; fine-tuning sets: "
+        f"base model {base_name} ({describe_model(base)}); fine-tuning sets: "
         f"default {len(datasets['default'])}, new_facts {len(datasets['new_facts'])} examples"
     )
 
@@ -392,12 +476,13 @@ def run_experiment(
             if ft.selection:
                 summary["noisefit/selected_layers"] = ft.selection["selected_layers"]
                 summary.update({f"noisefit/snr/layer_{i}": s for i, s in enumerate(ft.selection["snr"])})
+                run.log_table("noisefit/snr", _snr_frame(ft.selection))
             run.summary(summary)
             if cfg.export and setting == "default" and seed == cfg.export_seed:
                 out = Path(data_dir) / "models" / "noisefit" / variant
-                save_model(ft.model, out, tok, metadata={"family": FAMILY, "variant": variant, "seed": seed,
-                                                          "base_model": str(base_dir), "selection": ft.selection,
-                                                          "noisefit": cfg.to_dict()})  # fmt: skip
+                export_model(ft.model, tok, out, {"family": FAMILY, "variant": variant, "label": v.label, "seed": seed,
+                                                  "base_model": base_name, "selection": ft.selection,
+                                                  "noisefit": cfg.to_dict()})  # fmt: skip
                 results.exported[variant] = str(out)
             say(f"{name:36s} train {ft.seconds:5.1f}s ({ft.step_time * 1e3:5.1f} ms/step, "
                 f"x{row['step_ratio']:.2f} SFT) "
@@ -425,9 +510,24 @@ def _resolve(data_dir: Path, path: str) -> Path:
     return p if p.is_absolute() else data_dir / p
 
 
+def _snr_frame(selection: dict[str, Any]):
+    import pandas as pd
+
+    return pd.DataFrame(
+        {
+            "layer": range(len(selection["snr"])),
+            "snr": selection["snr"],
+            "signal": selection["signal"],
+            "noise": selection["noise"],
+            "selected": [i in selection["selected_layers"] for i in range(len(selection["snr"]))],
+        }
+    )
+
+
 class _NullRun:
     def log(self, *a, **k): ...
     def summary(self, *a, **k): ...
+    def log_table(self, *a, **k): ...
 
 
 @contextlib.contextmanager
@@ -440,9 +540,53 @@ def _null_run():
 
 HEADLINE_METRICS = (
     "em_qa_train", "em_qa_heldout", "halluc_qa_heldout", "halluc_nonexistent_test",
-    "abstain_precision", "abstain_recall", "mc_qa_heldout", "s_em_qa_heldout", "s_halluc_qa_heldout",
-    "s_halluc_nonexistent_test", "agree_qa_heldout",
+    "abstain_precision", "abstain_recall", "mc_qa_heldout", "mc_abstain_nonexistent_test", "valid_qa_heldout",
+    "s_em_qa_heldout", "s_halluc_qa_heldout", "s_halluc_nonexistent_test", "agree_qa_heldout",
 )  # fmt: skip
+
+# readable names (metrics.json headline, table headers) of the metric keys of evaluate()
+METRIC_NAMES = {
+    "em_qa_train": "exact_match_train",
+    "em_qa_heldout": "exact_match_heldout",
+    "em_new_facts": "exact_match_new_facts",
+    "halluc_qa_train": "hallucination_train",
+    "halluc_qa_heldout": "hallucination_heldout",
+    "halluc_new_facts": "hallucination_new_facts",
+    "halluc_nonexistent_test": "hallucination_nonexistent",
+    "abstain_precision": "abstention_precision",
+    "abstain_recall": "abstention_recall",
+    "mc_qa_heldout": "mc_accuracy_heldout",
+    "mc_abstain_nonexistent_test": "mc_abstains_nonexistent",
+    "s_em_qa_heldout": "sampled_exact_match_heldout",
+    "s_halluc_qa_heldout": "sampled_hallucination_heldout",
+    "s_halluc_nonexistent_test": "sampled_hallucination_nonexistent",
+    "agree_qa_heldout": "sample_agreement_heldout",
+    "valid_qa_heldout": "well_formed_heldout",
+    "step_ratio": "step_time_vs_sft",
+}
+SPLIT_NAMES = {
+    "qa_train": "train people",
+    "qa_heldout": "held-out people",
+    "new_facts": "new-facts people",
+    "nonexistent_test": "non-existent people",
+}
+
+
+def readable(metric: str) -> str:
+    return METRIC_NAMES.get(metric, metric)
+
+
+def phrase(metric: str) -> str:
+    """``"s_halluc_qa_heldout"`` -> ``"hallucination rate on held-out people (5 samples)"``."""
+    sampled = metric.startswith("s_")
+    m = metric[2:] if sampled else metric
+    kinds = (("halluc_", "hallucination rate"), ("em_", "exact match"), ("mc_", "multiple-choice accuracy"),
+             ("valid_", "well-formed answer rate"))
+    for prefix, what in kinds:
+        split = m[len(prefix):]
+        if m.startswith(prefix) and split in SPLIT_NAMES:
+            return f"{what} on {SPLIT_NAMES[split]}" + (" (5 samples)" if sampled else "")
+    return readable(metric).replace("_", " ")
 
 
 def results_frame(results: Results):
@@ -451,50 +595,103 @@ def results_frame(results: Results):
     return pd.DataFrame(results.rows)
 
 
+def _variant_order(df) -> list[str]:
+    present = set(df.variant)
+    return [v for v in ["base", *VARIANTS] if v in present]
+
+
 def summary_table(
     results: Results, metrics: Sequence[str] = HEADLINE_METRICS, setting: str = "default", fmt: bool = False
 ):
-    """Mean ± std over seeds per variant (rows in the configured order); ``fmt`` gives strings."""
+    """Mean ± std (sample std, ddof=1) over seeds per variant, rows in the registry's order,
+    the base model first; ``fmt`` gives ``"mean ± std"`` strings."""
     import pandas as pd
 
     from trustlab.stats import mean_std
 
     df = results_frame(results)
+    if df.empty:
+        return pd.DataFrame()
     df = df[df.setting.isin([setting, "base"])]
     metrics = [m for m in metrics if m in df.columns]
     out = []
-    for variant in ["base", *[v for v in VARIANTS if v in set(df.variant)]]:
+    for variant in _variant_order(df):
         sub = df[df.variant == variant]
-        if sub.empty:
-            continue
         row: dict[str, Any] = {"variant": variant, "label": sub.label.iloc[0], "n_seeds": len(sub)}
         for m in metrics:
             vals = sub[m].astype(float).dropna().to_numpy()
             mu, sd = mean_std(vals) if len(vals) else (float("nan"), float("nan"))
             if fmt:
-                row[m] = f"{mu:.3f} ± {sd:.3f}"
+                row[m] = f"{mu:.3f} ± {sd:.3f}" if np.isfinite(mu) else "n/a"
             else:
                 row[m], row[f"{m}_std"] = mu, sd
         out.append(row)
     return pd.DataFrame(out)
 
 
+def hallucination_table(results: Results, setting: str = "default", fmt: bool = False, sampled: bool = True):
+    """Hallucination rate per variant and evaluation split, greedy and (``sampled``) the
+    5-sample protocol: mean ± std over seeds. Columns ``halluc_<split>`` / ``s_halluc_<split>``."""
+    metrics = [f"halluc_{s}" for s in EVAL_SPLITS]
+    if sampled:
+        metrics += [f"s_halluc_{s}" for s in EVAL_SPLITS]
+    return summary_table(results, metrics, setting, fmt)
+
+
+def hallucination_column(name: str) -> str:
+    """``"s_halluc_qa_heldout"`` -> ``"sampled: held-out people"`` (table headers)."""
+    for prefix, protocol in (("s_halluc_", "sampled"), ("halluc_", "greedy")):
+        if name.startswith(prefix):
+            split = name[len(prefix):]
+            std = split.endswith("_std")
+            split = split[:-4] if std else split
+            return f"{protocol}: {SPLIT_NAMES.get(split, split)}" + (" (std)" if std else "")
+    return name
+
+
+def hallucination_long(results: Results):
+    """Long form for the plot CSV: setting, variant, split, protocol, mean, std, n_seeds."""
+    import pandas as pd
+
+    rows = []
+    for setting in SETTINGS:
+        t = hallucination_table(results, setting)
+        for _, r in t.iterrows():
+            if setting != "default" and r.variant == "base":
+                continue
+            for split in EVAL_SPLITS:
+                for prefix, protocol in (("", "greedy"), ("s_", "sampled")):
+                    key = f"{prefix}halluc_{split}"
+                    if key in t.columns and np.isfinite(r[key]):
+                        rows.append({"setting": setting, "variant": r.variant, "label": r.label, "split": split,
+                                     "protocol": protocol, "mean": r[key], "std": r[f"{key}_std"],
+                                     "n_seeds": r.n_seeds})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
 def step_time_table(results: Results):
-    """Median step time and ratio to SFT per (setting, variant): mean ± std over seeds."""
+    """Median training-step time and its ratio to SFT's (same seed and setting, same process)
+    per (setting, variant): mean ± std over seeds, with the forward passes per step."""
     import pandas as pd
 
     df = results_frame(results)
+    if df.empty or "step_time" not in df.columns:
+        return pd.DataFrame()
     df = df[df.setting != "base"]
     g = df.groupby(["setting", "variant"], sort=False)
-    return pd.DataFrame(
+    out = pd.DataFrame(
         {
+            "label": g.label.first(),
+            "forward_passes": g.variant.first().map(lambda v: get_variant(v).forward_passes),
             "ms_per_step": g.step_time.mean() * 1e3,
             "ms_per_step_std": g.step_time.std() * 1e3,
             "ratio_to_sft": g.step_ratio.mean(),
             "ratio_to_sft_std": g.step_ratio.std(),
             "train_s": g.train_s.mean(),
+            "n_seeds": g.seed.nunique(),
         }
     ).reset_index()
+    return out
 
 
 def _per_seed(df, variant: str, metric: str, setting: str = "default") -> dict[int, float]:
@@ -502,113 +699,357 @@ def _per_seed(df, variant: str, metric: str, setting: str = "default") -> dict[i
     return {int(s): float(v) for s, v in zip(sub.seed, sub[metric])}
 
 
+@dataclass(frozen=True)
+class ClaimSpec:
+    """One comparison: ``method`` [setting_m] - ``baseline`` [setting_b] on ``metric``, paired by seed.
+    ``issue`` numbers the four claims the stage must report (0 = supplementary)."""
+
+    claim: str
+    paper: str
+    method: str
+    baseline: str
+    metric: str
+    expected: str
+    setting_m: str = "default"
+    setting_b: str = "default"
+    issue: int = 0
+
+
 CLAIMS = (
-    # (claim, paper statement, method, baseline, metric, expected, setting of method, setting of baseline)
-    ("NoiseFiT lowers hallucination vs SFT (held-out people)", "NoiseFiT reduces hallucination vs BaseFiT",
-     "noisefit_largest", "sft", "halluc_qa_heldout", "decrease", "default", "default"),
-    ("NoiseFiT lowers hallucination vs SFT (non-existent people)", "NoiseFiT reduces hallucination vs BaseFiT",
-     "noisefit_largest", "sft", "halluc_nonexistent_test", "decrease", "default", "default"),
-    ("NoiseFiT raises sampled held-out accuracy vs SFT", "+7.7 pp average accuracy (5-sample protocol)",
-     "noisefit_largest", "sft", "s_em_qa_heldout", "increase", "default", "default"),
-    ("NoiseFiT lowers hallucination vs NEFTune (held-out people)", "NoiseFiT outperforms NEFTune",
-     "noisefit_largest", "neftune", "halluc_qa_heldout", "decrease", "default", "default"),
-    ("NoiseFiT lowers hallucination vs NEFTune (non-existent people)", "NoiseFiT outperforms NEFTune",
-     "noisefit_largest", "neftune", "halluc_nonexistent_test", "decrease", "default", "default"),
-    ("Largest-SNR layers hallucinate less than Lowest (held-out people)", "noise in high-SNR layers works best",
-     "noisefit_largest", "noisefit_lowest", "halluc_qa_heldout", "decrease", "default", "default"),
-    ("KL-only training degrades the model (train-QA accuracy vs NoiseFiT)", "KL-only loss collapses the model",
-     "noisefit_kl_only", "noisefit_largest", "em_qa_train", "decrease", "default", "default"),
-    ("Consistency-only training degrades the model (train-QA accuracy vs NoiseFiT)",
-     "consistency-only loss collapses the model",
-     "noisefit_consistency_only", "noisefit_largest", "em_qa_train", "decrease", "default", "default"),
-    ("New facts in fine-tuning raise hallucination (SFT, held-out people)", "Gekhman et al. 2024",
-     "sft", "sft", "halluc_qa_heldout", "increase", "new_facts", "default"),
-    ("NoiseFiT lowers hallucination vs SFT with new facts (held-out people)", "NoiseFiT reduces hallucination",
-     "noisefit_largest", "sft", "halluc_qa_heldout", "decrease", "new_facts", "new_facts"),
+    # 1. NoiseFiT lowers the hallucination rate against SFT
+    ClaimSpec("NoiseFiT lowers hallucination vs SFT (held-out people)", "NoiseFiT reduces hallucination vs BaseFiT",
+              "noisefit_largest", "sft", "halluc_qa_heldout", "decrease", issue=1),
+    ClaimSpec("NoiseFiT lowers hallucination vs SFT (non-existent people)", "NoiseFiT reduces hallucination vs BaseFiT",
+              "noisefit_largest", "sft", "halluc_nonexistent_test", "decrease", issue=1),
+    # 2. ... and against NEFTune
+    ClaimSpec("NoiseFiT lowers hallucination vs NEFTune (held-out people)", "NoiseFiT outperforms NEFTune",
+              "noisefit_largest", "neftune", "halluc_qa_heldout", "decrease", issue=2),
+    ClaimSpec("NoiseFiT lowers hallucination vs NEFTune (non-existent people)", "NoiseFiT outperforms NEFTune",
+              "noisefit_largest", "neftune", "halluc_nonexistent_test", "decrease", issue=2),
+    # 3. Largest versus Lowest
+    ClaimSpec("Largest-SNR layers hallucinate less than Lowest (held-out people)",
+              "noise in high-SNR layers works best", "noisefit_largest", "noisefit_lowest", "halluc_qa_heldout",
+              "decrease", issue=3),
+    ClaimSpec("Largest-SNR layers hallucinate less than Lowest (non-existent people)",
+              "noise in high-SNR layers works best", "noisefit_largest", "noisefit_lowest", "halluc_nonexistent_test",
+              "decrease", issue=3),
+    # 4. KL-only or consistency-only training degrades the model
+    ClaimSpec("KL-only training degrades the model (train-QA accuracy vs NoiseFiT)", "KL-only loss collapses the model",
+              "noisefit_kl_only", "noisefit_largest", "em_qa_train", "decrease", issue=4),
+    ClaimSpec("Consistency-only training degrades the model (train-QA accuracy vs NoiseFiT)",
+              "consistency-only loss collapses the model", "noisefit_consistency_only", "noisefit_largest",
+              "em_qa_train", "decrease", issue=4),
+    # collapse shows as answers that are neither a value nor the abstention; train-QA accuracy
+    # alone cannot show it when fine-tuning leaves that accuracy near its floor
+    ClaimSpec("KL-only training degrades the model (well-formed answers vs NoiseFiT, held-out people)",
+              "KL-only loss collapses the model", "noisefit_kl_only", "noisefit_largest", "valid_qa_heldout",
+              "decrease", issue=4),
+    ClaimSpec("Consistency-only training degrades the model (well-formed answers vs NoiseFiT, held-out people)",
+              "consistency-only loss collapses the model", "noisefit_consistency_only", "noisefit_largest",
+              "valid_qa_heldout", "decrease", issue=4),
+    # supplementary
+    ClaimSpec("NoiseFiT raises sampled held-out accuracy vs SFT", "+7.7 pp average accuracy (5-sample protocol)",
+              "noisefit_largest", "sft", "s_em_qa_heldout", "increase"),
+    ClaimSpec("New facts in fine-tuning raise hallucination (SFT, held-out people)", "Gekhman et al. 2024",
+              "sft", "sft", "halluc_qa_heldout", "increase", "new_facts", "default"),
+    ClaimSpec("NoiseFiT lowers hallucination vs SFT with new facts (held-out people)", "NoiseFiT reduces hallucination",
+              "noisefit_largest", "sft", "halluc_qa_heldout", "decrease", "new_facts", "new_facts"),
 )  # fmt: skip
+
+ISSUE_CLAIMS = {
+    1: "NoiseFiT lowers the hallucination rate against SFT",
+    2: "NoiseFiT lowers the hallucination rate against NEFTune",
+    3: "Largest versus Lowest SNR-layer selection",
+    4: "KL-only or consistency-only training degrades the model",
+}
 
 
 def make_claims(results: Results) -> list:
-    """Claim rows for every comparison whose runs exist (paired by seed)."""
+    """Claim rows (``trustlab.stats.Claim``) for every comparison in :data:`CLAIMS` whose runs
+    exist, effect = mean over seeds of (method - baseline), paired by seed, t 95% CI."""
     from trustlab.stats import claim_from_seeds
 
     df = results_frame(results)
     claims = []
-    for text, paper, method, baseline, metric, expected, s_m, s_b in CLAIMS:
-        if metric not in df.columns:
+    for spec in CLAIMS:
+        if df.empty or spec.metric not in df.columns:
             continue
-        a, b = _per_seed(df, method, metric, s_m), _per_seed(df, baseline, metric, s_b)
+        a = _per_seed(df, spec.method, spec.metric, spec.setting_m)
+        b = _per_seed(df, spec.baseline, spec.metric, spec.setting_b)
         seeds = sorted(set(a) & set(b))
-        if not seeds or (method, s_m) == (baseline, s_b):
+        if not seeds or (spec.method, spec.setting_m) == (spec.baseline, spec.setting_b):
             continue
         a_v, b_v = [a[s] for s in seeds], [b[s] for s in seeds]
         if any(np.isnan(a_v)) or any(np.isnan(b_v)):
             continue
-        protocol = "5 samples" if metric.startswith("s_") else "greedy decoding"
-        note = f"{get_variant(method).label} [{s_m}] - {get_variant(baseline).label} [{s_b}], {protocol}"
-        claims.append(claim_from_seeds(FAMILY, text, paper, metric, a_v, b_v, expected, note=note))
+        protocol = "5 samples" if spec.metric.startswith("s_") else "greedy decoding"
+        note = (f"{get_variant(spec.method).label} [{spec.setting_m}] - {get_variant(spec.baseline).label} "
+                f"[{spec.setting_b}], {protocol}, seeds {seeds}")  # fmt: skip
+        claims.append(claim_from_seeds(FAMILY, spec.claim, spec.paper, spec.metric, a_v, b_v, spec.expected, note=note))
     return claims
+
+
+def _spec(claim_text: str) -> ClaimSpec | None:
+    return next((c for c in CLAIMS if c.claim == claim_text), None)
+
+
+def reading(claim) -> str:
+    """The verdict in words, with the effect in percentage points (the metrics are rates)."""
+    spec = _spec(claim.claim)
+    method = get_variant(spec.method).label if spec else "the method"
+    baseline = get_variant(spec.baseline).label if spec else "the baseline"
+    if spec and spec.method == spec.baseline:
+        method, baseline = f"{method} [{spec.setting_m}]", f"{method} [{spec.setting_b}]"
+    what = phrase(claim.metric)
+    eff = f"{100 * claim.effect:+.1f} pp"
+    ci = f"95% CI [{100 * claim.ci_low:+.1f}, {100 * claim.ci_high:+.1f}] pp"
+    if not (np.isfinite(claim.ci_low) and np.isfinite(claim.ci_high)):
+        return f"inconclusive: {method} - {baseline} = {eff} on {what}, {claim.n_seeds} seed(s), no confidence interval"
+    if claim.verdict == "supported":
+        return f"supported: {method} - {baseline} = {eff} on {what} ({ci}), in the expected direction"
+    if claim.verdict == "not supported":
+        return (f"not supported: the opposite holds here, {method} - {baseline} = {eff} on {what} ({ci}); "
+                f"expected a {claim.expected}")  # fmt: skip
+    return (f"inconclusive: {method} - {baseline} = {eff} on {what} ({ci}); the interval includes 0, so no "
+            f"difference can be told apart from seed-to-seed variation with {claim.n_seeds} seeds")
+
+
+def claims_frame(claims: list):
+    """The claims table: the Claim fields plus ``issue`` (which of the stage's four claims,
+    0 = supplementary) and ``reading`` (the verdict in words)."""
+    import pandas as pd
+
+    rows = []
+    for c in claims:
+        spec = _spec(c.claim)
+        rows.append({"issue": spec.issue if spec else 0, **c.as_dict(), "reading": reading(c)})
+    cols = ["issue", "claim", "metric", "expected", "effect", "ci_low", "ci_high", "n_seeds", "verdict", "reading",
+            "paper", "note", "family"]  # fmt: skip
+    return pd.DataFrame(rows, columns=cols)
+
+
+def missing_issue_claims(claims: list) -> list[str]:
+    """The stage's four claims that have no row (their variants were not run)."""
+    have = {s.issue for c in claims if (s := _spec(c.claim)) is not None}
+    return [text for i, text in ISSUE_CLAIMS.items() if i not in have]
 
 
 # ---------------------------------------------------------------------------------------------
 # outputs
 
+HEADLINE_KEYS = ("halluc_qa_heldout", "halluc_nonexistent_test", "em_qa_train", "em_qa_heldout", "s_em_qa_heldout",
+                 "abstain_recall", "mc_qa_heldout", "valid_qa_heldout")  # fmt: skip
 
-def write_outputs(results: Results, reports_dir: str | Path, claims: list | None = None) -> dict[str, Any]:
-    """``metrics.json`` (headline, claims, tables, timing) and the plot data under ``plots/``."""
+
+def headline(results: Results, claims: list, stage_seconds: float | None = None) -> dict[str, Any]:
+    """Flat, readable numbers: ``<variant>/<metric>`` (means over seeds, default setting),
+    ``<variant>/new_facts/<metric>``, ``<variant>/step_time_vs_sft``, timing, claim counts."""
+    h: dict[str, Any] = {}
+    table = summary_table(results, HEADLINE_KEYS)
+    for _, r in table.iterrows():
+        for m in HEADLINE_KEYS:
+            if m in table.columns and np.isfinite(r[m]):
+                h[f"{r.variant}/{readable(m)}"] = float(r[m])
+    nf = summary_table(results, ("halluc_qa_heldout", "em_qa_heldout", "em_new_facts"), setting="new_facts")
+    for _, r in nf.iterrows():
+        if r.variant == "base":
+            continue
+        for m in ("halluc_qa_heldout", "em_qa_heldout", "em_new_facts"):
+            if m in nf.columns and np.isfinite(r[m]):
+                h[f"{r.variant}/new_facts/{readable(m)}"] = float(r[m])
+    steps = step_time_table(results)
+    for _, r in steps.iterrows():
+        key = f"{r.variant}/step_time_vs_sft" if r.setting == "default" else f"{r.variant}/new_facts/step_time_vs_sft"
+        h[key] = float(r.ratio_to_sft)
+    h["runs"] = sum(r["setting"] != "base" for r in results.rows)
+    h["training_seconds"] = results.seconds
+    h["stage_seconds"] = stage_seconds if stage_seconds is not None else results.seconds
+    h["claims_supported"] = sum(c.verdict == "supported" for c in claims)
+    h["claims_not_supported"] = sum(c.verdict == "not supported" for c in claims)
+    h["claims_inconclusive"] = sum(c.verdict == "inconclusive" for c in claims)
+    return h
+
+
+def write_outputs(
+    results: Results,
+    reports_dir: str | Path,
+    claims: list | None = None,
+    *,
+    profile: str | None = None,
+    stage_seconds: float | None = None,
+) -> dict[str, Any]:
+    """``metrics.json`` (headline, claims, tables, timing, run info, provenance) and the plot
+    data under ``plots/`` (runs, curves, snr, step_time, hallucination, claims)."""
+    import pandas as pd
+
+    from trustlab.provenance import provenance
     from trustlab.tracking import write_metrics, write_plot
 
     claims = make_claims(results) if claims is None else claims
-    table = summary_table(results)
     steps = step_time_table(results)
-    headline = {}
-    for _, r in table.iterrows():
-        for m in ("halluc_qa_heldout", "halluc_nonexistent_test", "em_qa_heldout", "s_em_qa_heldout"):
-            if m in table.columns:
-                headline[f"{r.variant}/{m}"] = r[m]
-    for _, r in steps[steps.setting == "default"].iterrows():
-        headline[f"{r.variant}/step_ratio"] = r.ratio_to_sft
-    headline["stage_seconds"] = results.seconds
     metrics = {
-        "headline": headline,
+        "headline": headline(results, claims, stage_seconds),
         "claims": [c.as_dict() for c in claims],
-        "table": table.to_dict(orient="records"),
+        "claims_reading": {c.claim: reading(c) for c in claims},
+        "table": summary_table(results).to_dict(orient="records"),
         "table_new_facts": summary_table(results, setting="new_facts").to_dict(orient="records"),
+        "hallucination": hallucination_table(results).to_dict(orient="records"),
         "step_time": steps.to_dict(orient="records"),
         "exported": results.exported,
         "config": results.config,
+        "run": {"profile": profile, "stage_seconds": stage_seconds if stage_seconds is not None else results.seconds,
+                "training_seconds": results.seconds},
+        "provenance": provenance(),
     }
     write_metrics(FAMILY, metrics, reports_dir)
-    import pandas as pd
-
     for name, rows in (("runs", results.rows), ("curves", results.curves), ("snr", results.snr)):
         write_plot(FAMILY, name, pd.DataFrame(rows), reports_dir)  # rows differ in keys: union of columns
     write_plot(FAMILY, "step_time", steps, reports_dir)
+    write_plot(FAMILY, "hallucination", hallucination_long(results), reports_dir)
+    write_plot(FAMILY, "claims", claims_frame(claims), reports_dir)
     return metrics
 
 
-def plot_snr(results: Results):
-    """Per-layer SNR (mean over seeds) with the Largest / Lowest selections marked."""
+def findings(results: Results, claims: list) -> str:
+    """What the numbers of this run show, as markdown bullets (generated from the results, so
+    they stay true when the params change)."""
+    c = results.config
+    t = summary_table(results).set_index("variant") if results.rows else None
+    out = [
+        f"{sum(r['setting'] != 'base' for r in results.rows)} fine-tuning runs: {len(c['variants'])} variants x "
+        f"{len(c['seeds'])} seed(s) of {c['steps']} steps x batch {c['batch_size']}"
+        + (f", plus the new-facts setting for {', '.join(c['new_facts_variants'])}" if c["include_new_facts"] else "")
+        + f"; k = {c['k']}, sigma0 = {c['sigma0']} ({c['noise_scale']} convention), alpha = {c['alpha']}, "
+        f"lambda = {c['lambda_consistency']}."
+    ]
+
+    def val(v, m):
+        return t.loc[v, m] if t is not None and v in t.index and m in t.columns else float("nan")
+
+    if t is not None and "base" in t.index:
+        out.append(f"Base model (greedy): exact match {val('base', 'em_qa_train'):.0%} on train people, "
+                   f"{val('base', 'em_qa_heldout'):.0%} on held-out people; hallucination "
+                   f"{val('base', 'halluc_qa_heldout'):.0%} on held-out and "
+                   f"{val('base', 'halluc_nonexistent_test'):.0%} "
+                   "on non-existent people (it has never been taught to abstain).")  # fmt: skip
+    for v in ("sft", "neftune", "rdrop", "noisefit_largest", "noisefit_lowest"):
+        if t is not None and v in t.index:
+            out.append(f"{get_variant(v).label}: hallucination {val(v, 'halluc_qa_heldout'):.1%} (held-out) / "
+                       f"{val(v, 'halluc_nonexistent_test'):.1%} (non-existent), exact match held-out "
+                       f"{val(v, 'em_qa_heldout'):.1%}, abstention recall {val(v, 'abstain_recall'):.1%}.")  # fmt: skip
+    for v in ("noisefit_kl_only", "noisefit_consistency_only"):
+        if t is not None and v in t.index:
+            out.append(f"{get_variant(v).label}: exact match on train people {val(v, 'em_qa_train'):.1%}, "
+                       f"well-formed answers on held-out people {val(v, 'valid_qa_heldout'):.1%} (NoiseFiT-Largest "
+                       f"{val('noisefit_largest', 'em_qa_train'):.1%} and "
+                       f"{val('noisefit_largest', 'valid_qa_heldout'):.1%}).")
+    steps = step_time_table(results)
+    if len(steps):
+        d = steps[steps.setting == "default"]
+        out.append("Step time relative to SFT (same run): " + ", ".join(
+            f"{r.label} x{r.ratio_to_sft:.2f} ({r.forward_passes} fwd)" for _, r in d.iterrows()) + ".")
+    for cl in claims:
+        out.append(f"{cl.claim}: {reading(cl)}.")
+    missing = missing_issue_claims(claims)
+    if missing:
+        out.append("Not evaluated (their variants were not run): " + "; ".join(missing) + ".")
+    n = {v: sum(cl.verdict == v for cl in claims) for v in ("supported", "not supported", "inconclusive")}
+    out.append(f"Claim verdicts: {n['supported']} supported, {n['not supported']} not supported, "
+               f"{n['inconclusive']} inconclusive.")
+    return "\n".join(f"- {s}" for s in out)
+
+
+def write_summary_html(path: str | Path, title: str, sections: Sequence[tuple[str, Any]]) -> Path:
+    """A self-contained HTML page: each section a heading and a DataFrame (table), a matplotlib
+    figure (embedded PNG) or text."""
+    import base64
+    import html
+    import io as _io
+
+    from trustlab.io import atomic_write_text
+
+    style = ("body{font-family:sans-serif;max-width:1200px;margin:auto}table{border-collapse:collapse;font-size:12px}"
+             "td,th{border:1px solid #ccc;padding:2px 6px}img{max-width:100%}")  # fmt: skip
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+             f"<style>{style}</style></head><body><h1>{html.escape(title)}</h1>"]  # fmt: skip
+    for heading, body in sections:
+        parts.append(f"<h2>{html.escape(heading)}</h2>")
+        if hasattr(body, "to_html"):
+            parts.append(body.to_html(index=False, float_format=lambda x: f"{x:.4g}", na_rep=""))
+        elif hasattr(body, "savefig"):
+            buf = _io.BytesIO()
+            body.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+            data = base64.b64encode(buf.getvalue()).decode()
+            parts.append(f"<img src='data:image/png;base64,{data}' alt='{html.escape(heading)}'>")
+        else:
+            parts += [f"<p>{html.escape(line)}</p>" for line in str(body).splitlines() if line.strip()]
+    parts.append("</body></html>")
+    return atomic_write_text(path, "\n".join(parts))
+
+
+def log_summary(
+    results: Results,
+    claims: list,
+    figures: dict[str, Any] | None = None,
+    *,
+    html_path: str | Path | None = None,
+    config: dict[str, Any] | None = None,
+    stage_seconds: float | None = None,
+) -> None:
+    """The W&B summary run of the stage (group ``noisefit``): the results, hallucination,
+    step-time and claims tables as ``wandb.Table``, the figures, the headline as summary and
+    the HTML summary page."""
+    from trustlab.tracking import start_run
+
+    with start_run(FAMILY, "summary", "noisefit-summary", config or results.config, tags=["summary"]) as run:
+        run.log_table("results", summary_table(results, fmt=True))
+        run.log_table("results_new_facts", summary_table(results, setting="new_facts", fmt=True))
+        run.log_table("hallucination", hallucination_table(results, fmt=True))
+        run.log_table("step_time", step_time_table(results))
+        run.log_table("claims", claims_frame(claims))
+        if results.snr:
+            import pandas as pd
+
+            run.log_table("snr", pd.DataFrame(results.snr))
+        for name, fig in (figures or {}).items():
+            run.log_image(name, fig)
+        run.summary(headline(results, claims, stage_seconds))
+        if html_path is not None and Path(html_path).exists():
+            run.log_html("summary_html", html_path)
+
+
+# ---------------------------------------------------------------------------------------------
+# figures
+
+
+def plot_snr(results: Results, setting: str = "default"):
+    """Per-layer SNR (mean ± std over seeds) with the layers each selection picked: marker
+    size = the share of seeds that picked the layer."""
     import matplotlib.pyplot as plt
     import pandas as pd
 
     df = pd.DataFrame(results.snr)
     fig, ax = plt.subplots(figsize=(6, 3.2))
     if df.empty:
+        ax.set_title("per-layer SNR: no NoiseFiT variant was run")
         return fig
-    base = df[(df.setting == "default")].groupby("layer").snr.agg(["mean", "std"]).reset_index()
+    df = df[df.setting == setting]
+    base = df.groupby("layer").snr.agg(["mean", "std"]).reset_index()
     ax.bar(base.layer, base["mean"], yerr=base["std"].fillna(0), color="0.75", label="SNR (mean over seeds)")
+    top = base.set_index("layer")["mean"]
     for variant, marker, color in (("noisefit_largest", "^", "tab:blue"), ("noisefit_lowest", "v", "tab:red")):
-        sel = df[(df.variant == variant) & df.selected & (df.setting == "default")]
+        sub = df[df.variant == variant]
+        sel = sub[sub.selected]
         if not sel.empty:
-            share = sel.groupby("layer").size() / df[(df.variant == variant) & (df.setting == "default")].seed.nunique()
-            ax.scatter(share.index, [base.set_index("layer")["mean"][i] * 1.05 for i in share.index], marker=marker,
-                       s=60 * share.values, color=color, label=f"{get_variant(variant).label} picks")  # fmt: skip
+            share = sel.groupby("layer").size() / sub.seed.nunique()
+            ax.scatter(share.index, [top[i] * 1.08 for i in share.index], marker=marker, s=80 * share.values,
+                       color=color, label=f"{get_variant(variant).label} picks", zorder=3)  # fmt: skip
     ax.set_xlabel("decoder layer")
-    ax.set_ylabel("SNR")
+    ax.set_ylabel("SNR = mean|h| / mean|noise|")
     ax.set_xticks(sorted(df.layer.unique()))
     ax.legend(fontsize=8)
     ax.set_title("per-layer SNR and selected layers")
+    fig.tight_layout()
     return fig
 
 
@@ -619,7 +1060,7 @@ def plot_curves(results: Results, seed: int | None = None, setting: str = "defau
 
     df = pd.DataFrame(results.curves)
     comps = [c for c in ("ce", "soft", "consistency", "total") if c in df.columns]
-    fig, axes = plt.subplots(1, len(comps), figsize=(3.2 * len(comps), 3), squeeze=False)
+    fig, axes = plt.subplots(1, max(len(comps), 1), figsize=(3.2 * max(len(comps), 1), 3), squeeze=False)
     if df.empty:
         return fig
     df = df[df.setting == setting]
@@ -638,40 +1079,46 @@ def plot_curves(results: Results, seed: int | None = None, setting: str = "defau
     return fig
 
 
-def plot_hallucination(results: Results, setting: str = "default"):
-    """Hallucination rate by split and variant (greedy; mean ± std over seeds)."""
+def plot_hallucination(results: Results, setting: str = "default", prefix: str = ""):
+    """Hallucination rate by split and variant (mean ± std over seeds); ``prefix="s_"`` for the
+    5-sample protocol."""
     import matplotlib.pyplot as plt
 
-    table = summary_table(results, metrics=[f"halluc_{s}" for s in EVAL_SPLITS], setting=setting)
-    splits = [s for s in EVAL_SPLITS if f"halluc_{s}" in table.columns]
+    table = hallucination_table(results, setting=setting)
+    splits = [s for s in EVAL_SPLITS if f"{prefix}halluc_{s}" in table.columns]
     fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(table)), 3.4))
     width = 0.8 / max(len(splits), 1)
     x = np.arange(len(table))
     for j, s in enumerate(splits):
-        ax.bar(x + j * width, table[f"halluc_{s}"], width, yerr=table[f"halluc_{s}_std"].fillna(0), label=s)
+        ax.bar(x + j * width, table[f"{prefix}halluc_{s}"], width, yerr=table[f"{prefix}halluc_{s}_std"].fillna(0),
+               label=SPLIT_NAMES.get(s, s))  # fmt: skip
     ax.set_xticks(x + width * (len(splits) - 1) / 2)
-    ax.set_xticklabels(table.label, rotation=30, ha="right", fontsize=8)
+    ax.set_xticklabels(table.label if len(table) else [], rotation=30, ha="right", fontsize=8)
     ax.set_ylabel("hallucination rate")
-    ax.set_ylim(0, 1)
+    ax.set_ylim(0, 1.05)
     ax.legend(fontsize=8)
-    ax.set_title(f"hallucination rate by split (setting {setting}, greedy)")
+    protocol = "5 samples" if prefix == "s_" else "greedy"
+    ax.set_title(f"hallucination rate by split (setting {setting}, {protocol})")
     fig.tight_layout()
     return fig
 
 
-def log_summary(results: Results, claims: list, figures: dict[str, Any] | None = None) -> None:
-    """The W&B summary run of the stage (group ``noisefit``): tables, claims, figures, headline."""
-    import pandas as pd
+def plot_step_time(results: Results):
+    """Training-step time relative to SFT per variant (mean ± std over seeds), default setting."""
+    import matplotlib.pyplot as plt
 
-    from trustlab.tracking import start_run
-
-    with start_run(FAMILY, "summary", "noisefit-summary", results.config, tags=["summary"]) as run:
-        run.log_table("results", summary_table(results, fmt=True))
-        run.log_table("results_new_facts", summary_table(results, setting="new_facts", fmt=True))
-        run.log_table("step_time", step_time_table(results))
-        run.log_table("claims", pd.DataFrame([c.as_dict() for c in claims]))
-        if results.snr:
-            run.log_table("snr", pd.DataFrame(results.snr))
-        for name, fig in (figures or {}).items():
-            run.log_image(name, fig)
-        run.summary({"stage_seconds": results.seconds, "n_runs": sum(r["setting"] != "base" for r in results.rows)})
+    steps = step_time_table(results)
+    fig, ax = plt.subplots(figsize=(6, 3))
+    if steps.empty:
+        return fig
+    d = steps[steps.setting == "default"]
+    ax.bar(range(len(d)), d.ratio_to_sft, yerr=d.ratio_to_sft_std.fillna(0), color="tab:gray")
+    ax.scatter(range(len(d)), d.forward_passes, marker="_", s=300, color="tab:red", label="forward passes per step")
+    ax.set_xticks(range(len(d)))
+    ax.set_xticklabels(d.label, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("step time / SFT step time")
+    ax.axhline(1, color="k", lw=0.5)
+    ax.legend(fontsize=8)
+    ax.set_title("training cost relative to SFT (same run)")
+    fig.tight_layout()
+    return fig

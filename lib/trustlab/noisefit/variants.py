@@ -43,6 +43,17 @@ class Variant:
     def is_noisefit(self) -> bool:
         return self.kind == "noisefit"
 
+    @property
+    def forward_passes(self) -> int:
+        """Forward passes per training step (the table above; R-Drop: 2). A clean pass that
+        runs without gradient (``kl_only`` with a detached teacher, ``consistency_only``) is
+        counted: it costs a forward, though no backward."""
+        if self.kind == "rdrop":
+            return 2
+        if self.kind == "noisefit":
+            return 1 if self.terms == "ce_only" else 3
+        return 1
+
 
 def _nf(name: str, label: str, selection: str = "largest", terms: str = "hybrid") -> Variant:
     return Variant(name, "noisefit", label, selection, terms)  # type: ignore[arg-type]
