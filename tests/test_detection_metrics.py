@@ -164,3 +164,50 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match="ties"):
         M.prr(np.array([0.0, 1.0]), np.array([True, False]), ties="random")
     assert np.isnan(M.normalized_prr(np.array([0.0, 1.0]), np.array([True, True])))
+
+
+# -- vectorised bootstrap ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_batch_metrics_equal_the_scalar_ones_on_every_resample(ties):
+    e, u = _data(90, seed=11, strength=1.0)
+    if ties:
+        u = np.round(u, 0)  # many tied scores
+    idx = M.resample_indices(len(e), 60, seed=4)
+    W = M.resample_weights(idx, len(e))
+    assert (W.sum(axis=1) == len(e)).all() and W[3, idx[3, 0]] == (idx[3] == idx[3, 0]).sum()
+    got = M.batch_metrics(u, e, W)
+    for b in range(len(idx)):
+        ub, eb = u[idx[b]], e[idx[b]]
+        assert got["auroc"][b] == pytest.approx(M.auroc(eb, ub), abs=1e-12)
+        assert got["auprc"][b] == pytest.approx(M.auprc(eb, ub), abs=1e-12)
+        assert got["prr"][b] == pytest.approx(M.normalized_prr(ub, eb), abs=1e-12)
+        assert got["base_rate"][b] == pytest.approx(eb.mean())
+    p, r, f = M.prf_w(u > 0.3, e, W)
+    for b in range(len(idx)):
+        assert (p[b], r[b], f[b]) == pytest.approx(M.precision_recall_f1(u[idx[b]] > 0.3, e[idx[b]]))
+
+
+def test_batch_metrics_one_class_resamples_are_nan():
+    e = np.array([True, True, True])
+    u = np.array([0.1, 0.2, 0.3])
+    got = M.batch_metrics(u, e, M.resample_weights(M.resample_indices(3, 5, seed=0), 3))
+    assert np.isnan(got["auroc"]).all() and np.isnan(got["prr"]).all()
+    assert (got["auprc"] == 1.0).all()
+
+
+def test_evaluate_cis_equal_the_reference_bootstrap():
+    """Same resamples as trustlab.stats.bootstrap_ci with the same seed, hence the same CIs."""
+    from trustlab.stats import bootstrap_ci
+
+    e, u = _data(120, seed=12, strength=1.0)
+    out = M.evaluate(u, e, n_resamples=300, seed=5)
+    for key, fn in (("auroc", lambda uu, ee: M.auroc(ee, uu)), ("auprc", lambda uu, ee: M.auprc(ee, uu)),
+                    ("prr", lambda uu, ee: M.normalized_prr(uu, ee))):
+        ref = bootstrap_ci(None, fn, n_resamples=300, seed=5, paired=(u, e))
+        assert (out[key], out[f"{key}_lo"], out[f"{key}_hi"]) == pytest.approx(ref, abs=1e-12)
+    diff = M.compare(u, -u, e, "prr", n_resamples=300, seed=5)
+    ref = bootstrap_ci(None, lambda a, b, ee: M.normalized_prr(a, ee) - M.normalized_prr(b, ee), n_resamples=300,
+                       seed=5, paired=(u, -u, e))
+    assert diff == pytest.approx(ref, abs=1e-12)

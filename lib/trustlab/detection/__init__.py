@@ -9,6 +9,13 @@ error labels (:mod:`.metrics`: AUROC, AUPRC + base rate, normalised PRR, ReaLMis
 P/R/F1 with the always-error and random baselines, bootstrap CIs). :mod:`.config` holds
 ``ErrorDetectionConfig`` (the ``error_detection:`` section of ``params.yaml``).
 
+Model side: :mod:`.collect` draws prompts and a fit/test split from the generated tasks and
+computes the statistics with any model ``trustlab.lm.generation.generate`` accepts (greedy
+pass with hidden states + K samples, answers, checker labels, pooling; stored and reused);
+:mod:`.inject` makes AEGIS-style injected errors and scores them by teacher forcing.
+:mod:`.experiment` is what the ``error_detection`` notebook calls (tables, claims, figures,
+outputs, W&B).
+
 Submodules are imported lazily so that loading the config does not import scikit-learn.
 """
 
@@ -27,6 +34,12 @@ _EXPORTS = {
     "ESTIMATORS": "estimators",
     "evaluate": "metrics",
     "ErrorDetectionConfig": "config",
+    "select_prompts": "collect",
+    "split_prompts": "collect",
+    "collect_stats": "collect",
+    "load_or_collect": "collect",
+    "make_injections": "inject",
+    "score_injected": "inject",
 }
 
 __all__ = sorted(_EXPORTS)

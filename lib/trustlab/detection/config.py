@@ -41,7 +41,8 @@ class ErrorDetectionConfig(Section):
     seed: int = 0
     # models (paths relative to the data directory, or absolute)
     model: str = "models/base"  # the model whose responses are studied (parts 2-3)
-    models: list[str] = field(default_factory=list)  # further models to compare (part 4)
+    # further models to compare (part 4): the noisefit stage exports <data_dir>/models/noisefit/<variant>/
+    models: list[str] = field(default_factory=lambda: ["models/noisefit/sft", "models/noisefit/noisefit_largest"])
     # prompts
     tasks: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_TASKS))
     sources: dict[str, list[str]] = field(default_factory=lambda: {k: list(v) for k, v in DEFAULT_SOURCES.items()})
@@ -54,7 +55,8 @@ class ErrorDetectionConfig(Section):
     top_k: int | None = None
     max_new_tokens: int = 32
     batch_size: int = 64
-    threads: int | None = None  # torch threads (None: trustlab.seeding.set_threads default)
+    threads: int | None = 1  # torch threads (None: trustlab.seeding.set_threads default, all cores up to 8)
+    reuse_stats: bool = True  # reuse stored statistics computed from the same weights, prompts and decoding
     # detectors
     detectors: list[str] = field(default_factory=_all_detectors)
     spans: list[str] = field(default_factory=lambda: list(SPANS))
@@ -64,6 +66,10 @@ class ErrorDetectionConfig(Section):
     ci_level: float = 0.95
     per_task: bool = True  # metrics per task as well as overall
     per_layer: list[str] = field(default_factory=lambda: ["linear_probe", "mahalanobis_lee"])  # layer figure
+    # claims: AUROC averaged over tasks (each with >= claims_min_per_class wrong and right test
+    # responses) or pooled over all test rows
+    claims_aggregate: str = "task_mean"
+    claims_min_per_class: int = 5
 
     def validate(self) -> None:
         from trustlab.detection.estimators import ESTIMATORS, build_estimator
@@ -92,6 +98,12 @@ class ErrorDetectionConfig(Section):
                     f"(one or more of {', '.join(map(repr, task_splits(task)))})"
                 )
         for task, splits in self.sources.items():
+            dup = sorted({s for s in splits if splits.count(s) > 1})
+            if dup:
+                raise ConfigError(
+                    f"{self._path()}.sources.{task} = {splits!r} lists {', '.join(map(repr, dup))} more than once: "
+                    "each split may appear once (a prompt must not be drawn twice)"
+                )
             allowed = task_splits(task)
             bad = [s for s in splits if s not in allowed]
             if bad:
@@ -135,6 +147,8 @@ class ErrorDetectionConfig(Section):
         # evaluation
         self.check_range("bootstrap_resamples", 0, None)
         self.check_range("ci_level", 0.5, 1.0, hi_open=True)
+        self.check_choice("claims_aggregate", ["task_mean", "pooled"])
+        self.check_range("claims_min_per_class", 1, None)
 
     def estimator_kwargs(self, name: str) -> dict[str, Any]:
         """The configured keyword arguments of one detector (empty if none)."""

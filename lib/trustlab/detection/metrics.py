@@ -32,19 +32,19 @@ Threshold-free metrics come first (method card):
   (random: precision and recall are ratios of expectations, F1 is computed from them; the
   expected F1 of a finite sample differs slightly). In :func:`evaluate` the random baseline's
   rate r is the *fit* split's base rate (known before seeing test labels).
-- **Bootstrap 95% CIs** over test rows with ``trustlab.stats.bootstrap_ci(paired=(u, e))``;
-  every metric uses the same seed, hence the same resamples, so CIs of different detectors
-  evaluated on the same rows are paired.
+- **Bootstrap 95% CIs** over test rows: percentile intervals over resamples of the rows with
+  replacement. The resamples are exactly those of ``trustlab.stats.bootstrap_ci(paired=(u, e))``
+  with the same seed (``resample_indices``), and every metric and detector uses the same seed,
+  hence the same resamples, so CIs of different detectors on the same rows are paired. The
+  metrics are computed for all resamples at once from multiplicity weights and one sort of u
+  (``*_w`` functions); tests check them against the one-resample-at-a-time reference.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-
-from trustlab.stats import bootstrap_ci
 
 __all__ = [
     "TIES",
@@ -63,6 +63,13 @@ __all__ = [
     "random_baseline",
     "evaluate",
     "compare",
+    "resample_indices",
+    "resample_weights",
+    "auroc_w",
+    "auprc_w",
+    "normalized_prr_w",
+    "prf_w",
+    "percentile_ci",
 ]
 
 TIES = ("mean", "stable", "argsort")
@@ -238,17 +245,140 @@ def random_baseline(b: float, rate: float) -> dict[str, float]:
     return {"precision": b, "recall": rate, "f1": 2 * b * rate / (b + rate) if b + rate > 0 else 0.0}
 
 
-def _with_ci(
-    out: dict[str, Any],
-    key: str,
-    stat: Callable[..., float],
-    arrays: tuple,
-    n_resamples: int,
-    level: float,
-    seed: int,
-) -> None:
-    point, lo, hi = bootstrap_ci(None, stat, n_resamples=n_resamples, level=level, seed=seed, paired=arrays)
-    out[key], out[f"{key}_lo"], out[f"{key}_hi"] = point, lo, hi
+
+# -- vectorised metrics over bootstrap resamples -------------------------------------------------
+#
+# A bootstrap resample is a vector of multiplicities w (how often each row was drawn). Sorting
+# u once, every metric of every resample follows from per-tie-block sums of w over the errors
+# (P_k) and over the correct rows (N_k), so no resample is ever sorted. Each *_w function takes
+# u (n,), e (n,) and W (B, n) multiplicities and returns (B,) values equal to the scalar metric
+# on the resampled rows (NaN where it is undefined); tests check this resample by resample.
+
+
+def resample_indices(n: int, n_resamples: int, seed: int) -> np.ndarray:
+    """(n_resamples, n) row indices; row b equals the b-th resample drawn by
+    ``trustlab.stats.bootstrap_ci`` with the same seed (``integers(0, n, n)`` per resample)."""
+    return np.random.default_rng(seed).integers(0, n, (n_resamples, n)) if n_resamples else np.zeros((0, n), int)
+
+
+def resample_weights(idx: np.ndarray, n: int) -> np.ndarray:
+    """(B, n) multiplicities of each row in each resample of ``idx`` (B, m)."""
+    idx = np.asarray(idx, dtype=np.int64)
+    b = idx.shape[0]
+    if b == 0:
+        return np.zeros((0, n))
+    flat = (idx + n * np.arange(b)[:, None]).ravel()
+    return np.bincount(flat, minlength=b * n).reshape(b, n).astype(np.float64)
+
+
+class _Blocks:
+    """u sorted once; per resample, the weight of errors (P) and of correct rows (N) in every
+    block of tied scores, in ascending order of u."""
+
+    def __init__(self, u: Any, e: Any, W: np.ndarray):
+        u = np.asarray(u, dtype=np.float64)
+        e = np.asarray(e, dtype=bool)
+        order = np.argsort(u, kind="stable")
+        us, es = u[order], e[order].astype(np.float64)
+        starts = np.flatnonzero(np.r_[True, us[1:] != us[:-1]]) if u.size else np.zeros(0, int)
+        ws = np.asarray(W, dtype=np.float64)[:, order]
+        if u.size:
+            self.P = np.add.reduceat(ws * es, starts, axis=1)
+            self.N = np.add.reduceat(ws * (1.0 - es), starts, axis=1)
+        else:
+            self.P = self.N = np.zeros((ws.shape[0], 0))
+        self.p_tot, self.n_tot = self.P.sum(axis=1), self.N.sum(axis=1)
+        self.n = ws.sum(axis=1)
+
+
+def auroc_w(u: Any, e: Any, W: np.ndarray, _b: _Blocks | None = None) -> np.ndarray:
+    """Mann-Whitney AUROC per resample: sum over tie blocks k of P_k (N_<k + N_k / 2) / (P N)
+    (= ``roc_auc_score``: ties count 1/2); NaN with one class."""
+    b = _b or _Blocks(u, e, W)
+    below = np.cumsum(b.N, axis=1) - b.N
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = (b.P * (below + 0.5 * b.N)).sum(axis=1) / (b.p_tot * b.n_tot)
+    out[(b.p_tot == 0) | (b.n_tot == 0)] = np.nan
+    return out
+
+
+def auprc_w(u: Any, e: Any, W: np.ndarray, _b: _Blocks | None = None) -> np.ndarray:
+    """Average precision per resample (= ``average_precision_score``): going down the distinct
+    scores from the largest, AP = sum_k (P_k / P) * TP_k / (TP_k + FP_k) with TP_k, FP_k the
+    error / correct weight at or above block k. NaN without errors."""
+    b = _b or _Blocks(u, e, W)
+    pd, nd = b.P[:, ::-1], b.N[:, ::-1]
+    tp, fp = np.cumsum(pd, axis=1), np.cumsum(nd, axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        prec = np.where(tp + fp > 0, tp / (tp + fp), 0.0)
+        out = (pd * prec).sum(axis=1) / b.p_tot
+    out[b.p_tot == 0] = np.nan
+    return out
+
+
+def _harmonic(n: int) -> np.ndarray:
+    """H[k] = sum_{j=1..k} 1/j for k = 0..n."""
+    return np.r_[0.0, np.cumsum(1.0 / np.arange(1, n + 1))]
+
+
+def normalized_prr_w(u: Any, e: Any, W: np.ndarray, _b: _Blocks | None = None) -> np.ndarray:
+    """Normalised PRR per resample with ``ties="mean"``. A tie block k of W_k = P_k + N_k rows
+    fills positions S_{k-1}+1 .. S_k of the ascending order with mean quality m_k = N_k / W_k,
+    so with Q_{k-1} = correct weight before it the raw PRR is
+    (1/n) sum_k [(Q_{k-1} - S_{k-1} m_k)(H_{S_k} - H_{S_{k-1}}) + N_k] (H = harmonic numbers).
+    Oracle in closed form: with m correct rows, (m + m (H_n - H_m)) / n; random: m / n."""
+    b = _b or _Blocks(u, e, W)
+    size = b.P + b.N
+    s = np.cumsum(size, axis=1)
+    s_prev = s - size
+    q_prev = np.cumsum(b.N, axis=1) - b.N
+    with np.errstate(invalid="ignore", divide="ignore"):
+        m = np.where(size > 0, b.N / np.where(size > 0, size, 1.0), 0.0)
+    n_max = int(b.n.max()) if b.n.size else 0
+    h = _harmonic(n_max)
+    hs = h[np.rint(s).astype(int)] - h[np.rint(s_prev).astype(int)]
+    nn = b.n
+    with np.errstate(invalid="ignore", divide="ignore"):
+        raw = ((q_prev - s_prev * m) * hs + b.N).sum(axis=1) / nn
+        mc = b.n_tot
+        rnd = mc / nn
+        orc = (mc + mc * (h[np.rint(nn).astype(int)] - h[np.rint(mc).astype(int)])) / nn
+        out = (raw - rnd) / (orc - rnd)
+    out[(b.p_tot == 0) | (b.n_tot == 0)] = np.nan
+    return out
+
+
+def prf_w(flagged: Any, e: Any, W: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Precision, recall, F1 of the error class per resample for fixed flags, as
+    :func:`precision_recall_f1` (precision 0 without flags; recall and F1 NaN without errors)."""
+    f = np.asarray(flagged, dtype=np.float64)
+    ee = np.asarray(e, dtype=np.float64)
+    W = np.asarray(W, dtype=np.float64)
+    tp, nf, ne = W @ (f * ee), W @ f, W @ ee
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p = np.where(nf > 0, tp / np.where(nf > 0, nf, 1.0), 0.0)
+        r = np.where(ne > 0, tp / np.where(ne > 0, ne, 1.0), np.nan)
+        f1 = np.where(p + r > 0, 2 * p * r / (p + r), 0.0)
+    return p, r, np.where(ne > 0, f1, np.nan)
+
+
+def percentile_ci(values: np.ndarray, level: float) -> tuple[float, float]:
+    """Percentile interval of the finite bootstrap values (NaN, NaN if there are none)."""
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    if not v.size:
+        return float("nan"), float("nan")
+    lo, hi = np.percentile(v, [100 * (1 - level) / 2, 100 * (1 + level) / 2])
+    return float(lo), float(hi)
+
+
+def batch_metrics(u: np.ndarray, e: np.ndarray, W: np.ndarray) -> dict[str, np.ndarray]:
+    """base_rate, auroc, auprc, prr (normalised) for every resample (multiplicities W)."""
+    blocks = _Blocks(u, e, W)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        base = blocks.p_tot / blocks.n
+    return {"base_rate": base, "auroc": auroc_w(u, e, W, blocks), "auprc": auprc_w(u, e, W, blocks),
+            "prr": normalized_prr_w(u, e, W, blocks)}  # fmt: skip
 
 
 def evaluate(
@@ -271,13 +401,20 @@ def evaluate(
     ``random_{precision,recall,f1}`` (flag rate = fit base rate), ``coin_f1`` (rate 1/2).
     """
     e, u = _check(is_error_test, u_test)
-    arrays = (u, e)
     out: dict[str, Any] = {"n": int(e.size), "n_errors": int(e.sum())}
-    ci = dict(n_resamples=n_resamples, level=level, seed=seed)
-    _with_ci(out, "base_rate", lambda uu, ee: base_rate(ee), arrays, **ci)
-    _with_ci(out, "auroc", lambda uu, ee: auroc(ee, uu), arrays, **ci)
-    _with_ci(out, "auprc", lambda uu, ee: auprc(ee, uu), arrays, **ci)
-    _with_ci(out, "prr", lambda uu, ee: normalized_prr(uu, ee, ties=ties), arrays, **ci)
+    W = resample_weights(resample_indices(e.size, n_resamples, seed), e.size)
+    boot = batch_metrics(u, e, W) if e.size else {}
+    points = {"base_rate": base_rate(e), "auroc": auroc(e, u), "auprc": auprc(e, u),
+              "prr": normalized_prr(u, e, ties=ties)}  # fmt: skip
+
+    def put(key: str, point: float, values: np.ndarray | None) -> None:
+        out[key] = point
+        out[f"{key}_lo"], out[f"{key}_hi"] = (
+            percentile_ci(values, level) if values is not None and len(values) else (float("nan"), float("nan"))
+        )
+
+    for key, point in points.items():
+        put(key, point, boot.get(key))
     out["prr_raw"] = prr(u, e, ties=ties)
     out["prr_oracle"] = prr_oracle(e)
     out["prr_random"] = prr_random(e)
@@ -290,14 +427,15 @@ def evaluate(
         out["threshold"] = thr
         out["fit_f1"] = precision_recall_f1(uf > thr, ef)[2]
         out["flag_rate"] = float((u > thr).mean()) if u.size else float("nan")
-        for i, key in enumerate(("precision", "recall", "f1")):
-            _with_ci(out, key, lambda uu, ee, i=i: precision_recall_f1(uu > thr, ee)[i], arrays, **ci)
-
-        def f1_gain(uu: np.ndarray, ee: np.ndarray) -> float:
-            bb = float(ee.mean())
-            return precision_recall_f1(uu > thr, ee)[2] - always_error_baseline(bb)["f1"]
-
-        _with_ci(out, "f1_minus_always_error", f1_gain, arrays, **ci)
+        prf = precision_recall_f1(u > thr, e)
+        bp, br, bf = prf_w(u > thr, e, W) if len(W) else (None, None, None)
+        for key, point, values in zip(("precision", "recall", "f1"), prf, (bp, br, bf)):
+            put(key, point, values)
+        gain_boot = None
+        if bf is not None:
+            bb = (W @ e.astype(np.float64)) / W.sum(axis=1)
+            gain_boot = bf - np.where(bb > 0, 2 * bb / (1 + bb), 0.0)
+        put("f1_minus_always_error", prf[2] - always_error_baseline(b)["f1"], gain_boot)
         for name, base in (("always_error", always_error_baseline(b)), ("random", random_baseline(b, b_fit))):
             for k, v in base.items():
                 out[f"{name}_{k}"] = v
@@ -317,7 +455,8 @@ def compare(
     seed: int = 0,
 ) -> tuple[float, float, float]:
     """Paired bootstrap of metric(u_a) - metric(u_b) on the same rows: (difference, lo, hi)."""
-    fns = {
+    fns = {"auroc": auroc_w, "auprc": auprc_w, "prr": normalized_prr_w}
+    scalar = {
         "auroc": lambda u, e: auroc(e, u),
         "auprc": lambda u, e: auprc(e, u),
         "prr": lambda u, e: normalized_prr(u, e),
@@ -326,12 +465,9 @@ def compare(
         raise ValueError(f"metric = {metric!r} is not allowed: choose one of {', '.join(map(repr, fns))}")
     e, a = _check(is_error, u_a)
     _, b = _check(is_error, u_b)
-    fn = fns[metric]
-    return bootstrap_ci(
-        None,
-        lambda aa, bb, ee: fn(aa, ee) - fn(bb, ee),
-        n_resamples=n_resamples,
-        level=level,
-        seed=seed,
-        paired=(a, b, e),
-    )
+    diff = scalar[metric](a, e) - scalar[metric](b, e)
+    W = resample_weights(resample_indices(e.size, n_resamples, seed), e.size)
+    if not len(W):
+        return diff, float("nan"), float("nan")
+    lo, hi = percentile_ci(fns[metric](a, e, W) - fns[metric](b, e, W), level)
+    return diff, lo, hi

@@ -1,0 +1,303 @@
+# %% [markdown]
+# # Error detection in language-model responses
+#
+# Method card: `shared/methods/error_detection.md` (ReaLMistake, RPC, Lee et al.'s Mahalanobis,
+# lm-polygraph, zero-shot statistics, SDM, AEGIS). The question: given a small GPT's answer to a
+# task with an objectively checkable answer, which uncertainty scores tell right answers from
+# wrong ones, at what cost?
+#
+# Following lm-polygraph's structure, the model runs **once** per (model, prompt set): a greedy
+# response with per-token log-probabilities, full-vocabulary entropies and the hidden states of
+# every layer, plus K sampled responses. These statistics are stored on disk, and every detector
+# (an *estimator*: a function from statistics to an uncertainty u, higher = more likely wrong)
+# runs on them without touching the model. One task per ReaLMistake error category: arithmetic
+# (reasoning correctness, including out-of-distribution longer operands), questions about a
+# synthetic world (parameterized knowledge, including people who do not exist), "write N words
+# about T" (instruction following) and copying a value from the context (context faithfulness).
+# Deterministic checkers label every greedy response. The library is `trustlab.detection`; this
+# notebook only calls it.
+
+# %% tags=["parameters"]
+profile = None        # e.g. "smoke"; None = the profile key in params.yaml
+params = {}           # overrides of this family's params.yaml section (the runner injects the whole section)
+reports_dir = None    # default reports/<family>
+data_dir = None       # default data/
+
+# %%
+import time
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import pandas as pd
+from IPython.display import Markdown, display
+
+from trustlab.config import load_params, load_section
+from trustlab.detection import experiment as ex
+from trustlab.detection.config import ErrorDetectionConfig
+from trustlab.detection.estimators import describe_estimators
+from trustlab.paths import reports_dir as default_reports_dir
+from trustlab.plotting import save_figure
+from trustlab.progress import progress_enabled
+from trustlab.seeding import seed_everything, set_threads
+
+stage_t0 = time.perf_counter()
+cfg = load_section(ErrorDetectionConfig, params, profile=profile)
+profile_name = profile or load_params()["profile"]
+reports = Path(reports_dir) if reports_dir else default_reports_dir(ex.FAMILY)
+figures_dir = reports / "figures"
+figures = {}
+seed_everything(cfg.seed)
+threads = set_threads(cfg.threads)
+say = print if progress_enabled() else (lambda msg: None)
+# every model directory is checked before any work: a missing one names the stage that makes it
+model_dirs = ex.check_models(cfg, data_dir)
+span = cfg.spans[0]
+
+
+def show(fig, name):
+    """Save the figure as PNG under reports/figures, keep it for W&B, show it inline."""
+    if fig is None:
+        return
+    save_figure(fig, figures_dir / f"{name}.png")
+    figures[name] = fig
+    plt.show()
+
+
+pd.set_option("display.precision", 3)
+pd.set_option("display.width", 180)
+pd.set_option("display.max_colwidth", 80)
+print(f"profile {profile_name}: models {', '.join(f'{k} = {v}' for k, v in model_dirs.items())}; K = {cfg.k_samples} "
+      f"samples (T = {cfg.temperature}, top-p {cfg.top_p}, top-k {cfg.top_k}); max {cfg.max_new_tokens} new tokens; "
+      f"{len(cfg.detectors)} detectors x spans {cfg.spans}; {cfg.bootstrap_resamples} bootstrap resamples; "
+      f"{threads} torch threads")
+pd.DataFrame(describe_estimators())[["name", "label", "needs_fit", "supervised"]]
+
+# %% [markdown]
+# ## Prompts and the fit/test split
+#
+# Per task, prompts are drawn evenly from the configured data splits. The fit/test split is made
+# per task on *groups* (the same prompt text; for world QA the same person and attribute, in any
+# paraphrase), so no question is on both sides. Fitted detectors (Mahalanobis, probe, kNN, SDM)
+# and F1 thresholds use only the fit split; every metric below is on the test split.
+
+# %%
+prompts = ex.load_prompts(cfg, data_dir)
+prompts.counts()
+
+# %% [markdown]
+# ## Statistics and detectors for the base model
+#
+# One greedy pass (KV cache, hidden states of every layer recorded at each generated token) and
+# K sampled responses per prompt; answers are extracted, labelled by the task checkers and the
+# hidden states are pooled over the answer span and over the whole response. Then every detector
+# runs on both spans: *answer* = the tokens the checker reads, *response* = every generated token
+# including the final `<eos>`.
+
+# %%
+base_model, base_tok = ex.load_model_dir(model_dirs["base"])
+stats_dir = reports / "stats"
+base = ex.run_model(cfg, "base", base_model, base_tok, prompts, stats_dir, path=str(model_dirs["base"]), inject=True,
+                    progress=say)
+print(f"statistics {'reused from' if base.reused else 'computed and stored in'} {stats_dir}: greedy "
+      f"{base.timing['greedy_s']:.1f} s, sampling {base.timing['sampling_s']:.1f} s, detectors "
+      f"{base.timing['detectors_s']:.1f} s")
+pd.DataFrame([{"detector": d.key, "status": d.status[:100]} for d in base.dets.values() if not d.ok])
+
+# %% [markdown]
+# ## Error rates
+#
+# Greedy responses judged wrong by the deterministic checkers, per task and source split (the
+# method card aims for roughly 30-60% on some tasks). For world QA the outcome classes are given
+# too: a *hallucination* names a concrete wrong value (for a person who does not exist: any
+# value), an *abstention* says "unknown" about a real person, *other* is off-format.
+
+# %%
+err_table = ex.error_rate_table(base.stats, cfg.expected_error_rate)
+display(err_table)
+show(ex.plot_error_rates(err_table), "error_rates")
+
+# %% [markdown]
+# ## Detector table
+#
+# Test split, all tasks pooled. AUROC and AUPRC are threshold-free (AUPRC next to the base error
+# rate, which is what a random detector scores); PRR is lm-polygraph's normalised
+# prediction-rejection ratio (1 = oracle, 0 = random). F1 is the error class's, at the threshold
+# maximising F1 on the fit split (out-of-fold scores for fitted detectors), next to the F1 of
+# always answering "error" and of flagging at random at the fit split's base rate. Brackets:
+# 95% bootstrap CIs over test responses.
+
+# %%
+table = ex.detector_table(cfg, base.stats, base.dets)
+display(ex.display_table(table, "all"))
+show(ex.plot_detector_auroc(table), "detector_auroc")
+
+# %% [markdown]
+# ### Per task
+
+# %%
+for task in [t for t in table.task.unique() if t != "all"]:
+    display(Markdown(f"**{task}**"))
+    display(ex.display_table(table, task, span=span))
+
+# %% [markdown]
+# Pooled AUROC next to its mean over tasks (tasks with at least `claims_min_per_class` right and
+# wrong test responses): the tasks differ in error rate, so a detector that only recognises *which
+# task* a prompt belongs to scores above chance pooled and at chance within each task
+# (hidden-state detectors can learn exactly that from the fit split); and a detector whose scale
+# differs between tasks can rank well within every task and badly pooled.
+
+# %%
+within_task = ex.within_task_table(table, span, cfg.claims_min_per_class)
+within_task
+
+# %% [markdown]
+# ## ROC, precision-recall and rejection curves
+#
+# The three detectors with the highest test AUROC on the primary span (chosen for display only)
+# and perplexity as a reference. The rejection curve shows the accuracy of the responses that are
+# kept when the most uncertain ones are rejected first; PRR is the area between it and random,
+# relative to the oracle's.
+
+# %%
+keys = ex.top_keys(table, span)
+roc, pr, rejection = ex.curve_frames(base.stats, base.dets, keys)
+show(ex.plot_roc_pr(roc, pr, float(base.stats.select(split="test").labels().mean())), "roc_pr")
+show(ex.plot_rejection(rejection), "rejection_curves")
+
+# %% [markdown]
+# ## Which layer knows best
+#
+# The probe and the Lee et al. Mahalanobis detector fitted on one layer's pooled hidden state at a
+# time (layer 0 = embeddings), test AUROC per layer.
+
+# %%
+layer_table = ex.per_layer_table(cfg, base.stats)
+if len(layer_table):
+    display(layer_table.pivot_table(index="layer", columns=["method", "span"], values="auroc"))
+show(ex.plot_per_layer(layer_table), "per_layer_auroc")
+
+# %% [markdown]
+# ## Cost
+#
+# Seconds per 1000 responses per detector, generation included: logit detectors need only the
+# greedy pass, hidden-state detectors the greedy pass recording hidden states, sampling detectors
+# the greedy pass plus K samples. Fitted detectors also pay a one-off fit on the fit split,
+# amortised here over this stage's test responses. Wall-clock on a shared CPU.
+
+# %%
+cost = ex.cost_table(base.stats, base.dets, base.timing)
+display(cost[cost.span == span].sort_values("total_s_per_1k"))
+show(ex.plot_cost(cost, span), "cost")
+
+# %% [markdown]
+# ## Injected errors (AEGIS-style)
+#
+# Correct test responses are corrupted in their answer span (a wrong digit, a swapped attribute
+# value, a wrong word count, another variable's value) and scored by teacher forcing, together with
+# the unmodified originals. Each detector, fitted on *natural* errors only, then has to tell the
+# originals from their corruptions. Sampling-based detectors only apply as *verifiers* here: their
+# K samples are the model's own and do not depend on the injected response, so they measure how
+# much of the model's sample mass supports the injected answer, not the model's self-agreement.
+#
+# Two properties of the statistics matter when reading this table. The entropy $H_t$ at an answer
+# token is that of the distribution the token is drawn from, so it does not depend on which token
+# stands there: for a one-token answer the answer-span entropy of an original and of its corruption
+# are equal (AUROC 0.5 by construction). And the hidden state pooled for token $y_t$ is the state
+# that *predicts* $y_t$ (lm-polygraph's convention), so answer-span states never contain the last
+# answer token itself; the response span, whose last state (predicting `<eos>`) has read the whole
+# answer, can see the corruption.
+
+# %%
+inj_table = ex.injected_table(cfg, base.stats, base.dets, base.injected)
+print(f"injections: {base.injected.counts}")
+display(ex.injection_examples(base.injected))
+display(inj_table[inj_table.span == span] if len(inj_table) else inj_table)
+show(ex.plot_injected(inj_table, span), "injected_vs_natural")
+
+# %% [markdown]
+# ## Fine-tuned models (NoiseFiT exports)
+#
+# The same prompts, split and detectors on the models listed in `error_detection.models`
+# (exported by the `noisefit` stage), on the primary span. Does noise fine-tuning change how
+# detectable the remaining errors are? AUROC and PRR per model side by side; for later models,
+# the AUROC difference to the first listed model on the same prompts (paired bootstrap over
+# prompts). A model that makes fewer errors leaves a different, smaller set of errors to detect,
+# so compare AUROC and PRR (threshold-free, normalised by the base rate) rather than F1.
+
+# %%
+runs = [base]
+if not cfg.models:
+    print("error_detection.models is empty: no fine-tuned models to compare (part 4 skipped).")
+for name, path in list(model_dirs.items())[1:]:
+    m, tok = ex.load_model_dir(path)
+    runs.append(ex.run_model(cfg, name, m, tok, prompts, stats_dir, path=str(path), spans=[span], progress=say))
+    del m
+models_table = ex.model_table(cfg, runs)
+if len(runs) > 1:
+    shown = [c for c in ("auroc", "auroc_task_mean", "prr") if c in models_table]
+    display(models_table.pivot_table(index="label", columns="model", values=shown, sort=False))
+    display(pd.DataFrame([{"model": r.name, "error_rate": float(r.stats.select(split="test").labels().mean()),
+                           "generation_s": r.timing["greedy_s"] + r.timing["sampling_s"]} for r in runs]))
+show(ex.plot_models(models_table), "models")
+
+# %% [markdown]
+# ## Claims
+#
+# Each row: the effect on the test split with a 95% paired bootstrap CI over test responses
+# (one model and one seed, so `n_seeds` = 1). *supported* / *not supported*: the CI excludes 0 in /
+# against the expected direction; *inconclusive* otherwise (claim 4 states its own rule in its
+# note). AUROC is averaged over the tasks that have enough right and wrong test responses
+# (`claims_aggregate: task_mean`, as per-benchmark papers report it); each note also gives the
+# pooled value. "The best of a group" is always chosen on the fit split, never by test labels.
+
+# %%
+claims = ex.make_claims(cfg, base.stats, base.dets)
+claims_df = ex.claims_frame(claims)
+claims_df[["claim", "metric", "expected", "effect", "ci_low", "ci_high", "verdict", "note"]]
+
+# %% [markdown]
+# ## Discussion
+#
+# What the numbers of this run show (generated from the results):
+
+# %%
+display(Markdown(ex.findings(cfg, base, table, claims, err_table, inj_table, models_table)))
+
+# %% [markdown]
+# **Scale and honesty.** The model is a tiny GPT (about 1M parameters) trained from scratch on the
+# generated tasks, so its errors are those of an under-trained model on short answers; a response is
+# a handful of tokens, which makes the answer and response spans nearly the same (they differ mostly
+# by the final `<eos>`). The zero-shot z statistic tests provenance, not correctness, and is reused
+# here as a signal; the SDM-style detector is an adaptation (its exact formula is unverified) and
+# Lee et al.'s input perturbation is not applied (it needs the model, not stored statistics).
+# Hidden-state detectors are supervised: they learn from the fit split's labels, which the
+# logit and sampling detectors never see, so "hidden beats logit" compares a trained detector with
+# zero-shot ones. With one model and one seed the CIs are over responses only; they do not cover
+# the variation between training runs.
+
+# %% [markdown]
+# ## Outputs
+#
+# `metrics.json` (headline numbers, claims, tables, timing), plot data under `plots/`, figures under
+# `figures/`, the stored statistics under `stats/`, and one W&B run per model (group
+# `error_detection`) with the detector table, the curves and the HTML summary.
+
+# %%
+stage_seconds = time.perf_counter() - stage_t0
+tables = {"detectors": table, "within_task": within_task, "error_rates": err_table, "cost": cost,
+          "per_layer": layer_table, "injected": inj_table, "models": models_table, "claims": claims_df,
+          "roc": roc, "pr": pr, "rejection": rejection}
+metrics = ex.write_outputs(reports, cfg, runs, tables, claims, profile=profile_name, stage_seconds=stage_seconds,
+                           notes={"models": "none listed" if not cfg.models else list(model_dirs)[1:]})
+summary_html = ex.write_summary_html(
+    reports / "summary.html", "error detection: summary",
+    [("Claims", claims_df), ("Detectors (test, all tasks)", ex.display_table(table, "all")),
+     ("Pooled vs within-task AUROC", within_task), ("Error rates", err_table), ("Cost", cost[cost.span == span]),
+     ("Injected errors", inj_table), ("Models", models_table),
+     *[(n, figures_dir / f"{n}.png") for n in figures],
+     ("Findings", ex.findings(cfg, base, table, claims, err_table, inj_table, models_table))],
+)
+ex.log_runs(cfg, runs, tables, figures, claims, profile=profile_name, html_path=summary_html,
+            summary=metrics["headline"])
+print(f"stage time {stage_seconds:.0f} s; wrote {reports / 'metrics.json'}")
+pd.Series(metrics["headline"]).to_frame("value").head(60)
