@@ -13,6 +13,7 @@ from trustlab.config import ConfigError, Section
 
 SECTIONS: dict[str, str] = {
     "tracking": "trustlab.tracking_config:TrackingConfig",
+    "model": "trustlab.model_config:ModelConfig",
     "data": "trustlab.data.config:DataConfig",
     "base_model": "trustlab.lm.base_model:BaseModelConfig",
     "calibration": "trustlab.calibration.config:CalibrationConfig",

@@ -3,8 +3,11 @@
 Install with ``pip install .[hf]``. Nothing else in ``trustlab.lm`` imports this module or
 ``transformers``.
 
-* ``load_hf_model(name_or_path, dtype=torch.float32, device="cpu") -> (HFCausalLM, HFTokenizer)``
-  (a local directory or a hub name; no download happens for a local path).
+* ``load_hf_model(name_or_path, dtype=torch.float32, device="cpu", local_files_only=...,
+  chat_template=...) -> (HFCausalLM, HFTokenizer)`` (a local directory or a hub name; no
+  download happens for a local path or with ``local_files_only``); ``save_hf_model``.
+  ``trustlab.lm.loading.load_model_and_tokenizer`` does this from the ``model:`` params section,
+  LoRA adapters (peft) included.
 * ``HFCausalLM(hf_model)``: an ``nn.Module`` whose ``forward`` takes our ``GPT.forward``
   keywords and returns a ``GPTOutput``, so ``generate``/``score_continuations`` work
   unchanged. ``.hf`` is the wrapped model, ``.blocks`` its decoder blocks, ``.wte`` its token
@@ -29,7 +32,9 @@ import torch.nn as nn
 from trustlab.lm.gpt import GPTOutput, configure_adamw
 from trustlab.lm.hooks import add_block_hook, decoder_blocks, input_embeddings
 
-__all__ = ["HFCausalLM", "HFTokenizer", "load_hf_model", "decoder_blocks", "input_embeddings", "add_block_hook"]
+__all__ = [
+    "HFCausalLM", "HFTokenizer", "load_hf_model", "save_hf_model", "decoder_blocks", "input_embeddings", "add_block_hook"
+]
 
 
 class HFCausalLM(nn.Module):
@@ -121,11 +126,26 @@ class HFCausalLM(nn.Module):
 class HFTokenizer:
     """Our tokenizer interface over a ``transformers`` tokenizer. ``encode`` adds no special
     tokens; ``encode_prompt`` adds what the tokenizer adds by default (e.g. Llama's BOS) and,
-    if given, ``prompt_suffix`` (a separator string such as ``"\\nAnswer:"``)."""
+    if given, ``prompt_suffix`` (a separator string such as ``"\\nAnswer:"``).
 
-    def __init__(self, tokenizer, prompt_suffix: str = ""):
+    ``chat_template=True`` wraps every prompt as one user turn of the tokenizer's chat template
+    with the assistant's turn opened (``apply_chat_template(..., add_generation_prompt=True)``):
+    ``encode_prompt`` returns those ids (no ``prompt_suffix``), so ``generate`` continues inside
+    the assistant's turn and ``encode_example`` trains the answer there, followed by the eos
+    (for chat models the end-of-turn token). The decoded answer is the same plain text our answer
+    checkers read. ``"auto"``: only when the tokenizer has a template."""
+
+    def __init__(self, tokenizer, prompt_suffix: str = "", chat_template: bool | str = False):
         self.tok = tokenizer
         self.prompt_suffix = prompt_suffix
+        has_template = bool(getattr(tokenizer, "chat_template", None))
+        if chat_template == "auto":
+            chat_template = has_template
+        elif chat_template == "none":
+            chat_template = False
+        if chat_template and not has_template:
+            raise ValueError("chat_template=True but the tokenizer has no chat template (use 'auto' or False)")
+        self.chat_template = bool(chat_template)
         if tokenizer.pad_token_id is None and tokenizer.eos_token_id is not None:
             tokenizer.pad_token = tokenizer.eos_token  # common practice for decoder-only models
 
@@ -150,6 +170,12 @@ class HFTokenizer:
         return self.tok.decode([int(i) for i in ids], skip_special_tokens=skip_special)
 
     def encode_prompt(self, prompt: str) -> list[int]:
+        if self.chat_template:
+            out = self.tok.apply_chat_template(
+                [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True
+            )
+            ids = out["input_ids"] if hasattr(out, "keys") else out  # a BatchEncoding in transformers >= 5
+            return [int(i) for i in ids]
         ids = list(self.tok(prompt + self.prompt_suffix, add_special_tokens=True)["input_ids"])
         if not ids and self.bos_id is not None:
             ids = [self.bos_id]
@@ -174,15 +200,46 @@ def load_hf_model(
     *,
     attn_implementation: str | None = None,
     prompt_suffix: str = "",
+    chat_template: bool | str = False,
+    local_files_only: bool = False,
+    trust_remote_code: bool = False,
     **kwargs,
 ) -> tuple[HFCausalLM, HFTokenizer]:
     """Load a causal LM and its tokenizer (eval mode). ``attn_implementation="eager"`` is
-    needed for ``output_attentions``."""
+    needed for ``output_attentions``; ``local_files_only`` never downloads (a hub name must be in
+    the Hugging Face cache); ``chat_template``: see ``HFTokenizer``. A directory written by
+    ``save_hf_model`` with LoRA adapters (``adapter_config.json``) loads its base model first."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     extra = dict(kwargs)
     if attn_implementation is not None:
         extra["attn_implementation"] = attn_implementation
-    model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype, **extra).to(device).eval()
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-    return HFCausalLM(model).eval(), HFTokenizer(tokenizer, prompt_suffix=prompt_suffix)
+    hub = dict(local_files_only=local_files_only, trust_remote_code=trust_remote_code)
+    if local_files_only:  # transformers 5 looks for a hub adapter_config.json without this flag
+        extra.setdefault("adapter_kwargs", {"local_files_only": True})
+    adapter = _adapter_config(name_or_path)
+    base = adapter["base_model_name_or_path"] if adapter else name_or_path
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype, **hub, **extra)
+    if adapter:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, name_or_path, is_trainable=False)
+    model = model.to(device).eval()
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path, **hub)
+    return HFCausalLM(model).eval(), HFTokenizer(tokenizer, prompt_suffix=prompt_suffix, chat_template=chat_template)
+
+
+def _adapter_config(name_or_path: str) -> dict | None:
+    import json
+    from pathlib import Path
+
+    path = Path(name_or_path) / "adapter_config.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def save_hf_model(model: HFCausalLM, directory, tokenizer: HFTokenizer | None = None) -> None:
+    """``save_pretrained`` of the wrapped model (a PEFT model saves its adapters only, with the
+    base model's name or path) and of the tokenizer; ``load_hf_model(directory)`` reads it back."""
+    model.hf.save_pretrained(str(directory))
+    if tokenizer is not None:
+        tokenizer.tok.save_pretrained(str(directory))
