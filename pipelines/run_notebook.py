@@ -24,6 +24,7 @@ from trustlab import io  # noqa: E402
 from trustlab.config import ConfigError, load_params  # noqa: E402
 from trustlab.report import render_html  # noqa: E402
 from trustlab.sections import NOTEBOOKS, section_class  # noqa: E402
+from trustlab.tracking import log_report  # noqa: E402
 
 KERNEL = "python3"
 
@@ -62,6 +63,9 @@ def run(
     env_backup = dict(os.environ)
     # Progress bars in an executed report are noise; the library reads this to turn them off.
     os.environ["TRUSTLAB_PROGRESS"] = "0"
+    # An inherited MPLBACKEND (Agg from the test session or a headless shell) would replace the
+    # kernel's inline backend: plt.show() would display nothing and the report lose its figures.
+    os.environ.pop("MPLBACKEND", None)
     # A BLAS pool per process oversubscribes a small machine; torch threads are set per family.
     for var in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(var, "1")
@@ -102,6 +106,11 @@ def run(
               f"see the executed notebook {out_nb}", file=sys.stderr)
         raise SystemExit(1)
     render_html(out_nb, reports_dir / "index.html", title=name)
+    # The rendered report joins the stage's runs in W&B (group = its params section, like the
+    # notebook's own runs): a job_type="report" run holding it as wandb.Html and a report
+    # artifact; a no-op when tracking is disabled, never fatal.
+    log_report(section, reports_dir / "index.html", config={"profile": params["profile"], section: params.get(section) or {}},
+               mode=(params.get("tracking") or {}).get("mode"))
     metrics_path = reports_dir / "metrics.json"
     if metrics_path.exists():
         metrics = io.read_json(metrics_path)

@@ -12,18 +12,31 @@ from trustlab.io import atomic_write_text
 _REMOTE_SCRIPT = re.compile(r"<script[^>]*\bsrc=[\"']https?://[^>]*>\s*</script>", re.I)
 _REMOTE_LINK = re.compile(r"<link[^>]*\bhref=[\"']https?://[^>]*>", re.I)
 _MATHJAX_BLOCK = re.compile(r"<!-- Load mathjax -->.*?<!-- End of mathjax configuration -->", re.S | re.I)
+# An inline script that imports a module from the network (nbconvert's lab template ships
+# a mermaid loader that does this when a page has a diagram; none of ours do).
+_REMOTE_IMPORT_SCRIPT = re.compile(
+    r"<script\b[^>]*>(?:(?!</script>).)*?\bimport\s*\(\s*[\"']https?://(?:(?!</script>).)*</script>", re.S | re.I
+)
+_REMOTE_IMPORT = re.compile(r"\bimport\s*\(\s*[\"'](https?://[^\"']+)", re.I)
+_REMOTE_CSS_URL = re.compile(r"(?:@import\s+|url\(\s*)[\"']?(https?://[^\"')\s]+)", re.I)
 
 
 def strip_remote_assets(html: str) -> str:
-    """Remove ``<script src=http...>``, remote stylesheets and the MathJax loader."""
+    """Remove ``<script src=http...>``, remote stylesheets, the MathJax loader and inline
+    scripts that ``import()`` a module from the network."""
     html = _MATHJAX_BLOCK.sub("", html)
+    html = _REMOTE_IMPORT_SCRIPT.sub("", html)
     html = _REMOTE_SCRIPT.sub("", html)
     return _REMOTE_LINK.sub("", html)
 
 
 def remote_references(html: str) -> list[str]:
-    """Remote URLs the page would *load* (script/link/img sources), for tests."""
-    return re.findall(r"<(?:script|link|img)[^>]*\b(?:src|href)=[\"'](https?://[^\"']+)", html, re.I)
+    """Remote URLs the page would *load*: script/link/img/iframe sources, module
+    ``import()``s and CSS ``url()``/``@import`` (links a reader clicks, ``<a href>``, are fine)."""
+    tags = re.findall(
+        r"<(?:script|link|img|iframe|source|video|audio)[^>]*\b(?:src|href)=[\"'](https?://[^\"']+)", html, re.I
+    )
+    return tags + _REMOTE_IMPORT.findall(html) + _REMOTE_CSS_URL.findall(html)
 
 
 def render_html(notebook_path: str | os.PathLike, html_path: str | os.PathLike, title: str | None = None) -> Path:

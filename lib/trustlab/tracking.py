@@ -17,6 +17,7 @@ import contextlib
 import logging
 import os
 import re
+import sys
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -25,7 +26,7 @@ from typing import Any
 from trustlab import io
 from trustlab.paths import reports_dir as _reports_dir
 from trustlab.paths import repo_root
-from trustlab.provenance import git_commit
+from trustlab.provenance import git_commit, git_dirty
 
 PROJECT = "trustlab"
 MODES = ("offline", "online", "disabled")
@@ -59,8 +60,45 @@ def _warn_once(msg: str) -> None:
     log.warning(msg)
 
 
+def is_global_zero() -> bool:
+    """False in the extra processes of a multi-process run (the ``torch.distributed`` rank when a
+    process group is up, else the launcher's ``RANK`` / ``LOCAL_RANK`` / ``NODE_RANK``): only
+    rank 0 tracks runs and writes metrics. (No torch import: no torch, no process group.)"""
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
+    for var in ("RANK", "LOCAL_RANK", "NODE_RANK"):
+        try:
+            if int(os.environ.get(var) or 0) != 0:
+                return False
+        except ValueError:
+            pass
+    return True
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.=+-]+", "-", text).strip("-") or "run"
+
+
+def image_key(name: str) -> str:
+    """The W&B key of a logged figure: ``figures/<name>``."""
+    return name if name.startswith("figures/") else f"figures/{name}"
+
+
+def run_name(variant: str, seed: int | None = None, **extra: Any) -> str:
+    """The run-name convention: ``<variant>[-<key><value>...]-seed<seed>``, e.g.
+    ``run_name("focal", 1, gamma=2)`` -> ``"focal-gamma2-seed1"``; W&B shows it in every panel."""
+    parts = [str(variant), *(f"{k}{v}" for k, v in extra.items()), *([f"seed{seed}"] if seed is not None else [])]
+    return "-".join(parts)
+
+
+def run_tags(family: str, tags: Sequence[str] = ()) -> list[str]:
+    """The caller's tags plus ``commit:<sha12>``, ``family:<family>`` and ``dirty`` when the
+    working tree has uncommitted changes (so a run can be traced to its code)."""
+    out = [*tags, f"commit:{git_commit()[:12]}", f"family:{family}"]
+    if git_dirty():
+        out.append("dirty")
+    return out
 
 
 class Run:
@@ -112,11 +150,16 @@ class Run:
             self._call("table", lambda: self._run.log({name: wandb.Table(dataframe=df.astype(object).where(df.notna(), None))}))
 
     def log_image(self, name: str, image: Any) -> None:
-        """Log a matplotlib Figure or an image path as a ``wandb.Image``."""
+        """Log a matplotlib Figure or an image path as a ``wandb.Image`` under ``figures/<name>``.
+
+        The prefix keeps a figure and a table of the same name (a family's ``perplexity`` table
+        and ``perplexity`` plot) from overwriting each other in the run summary, and gives the
+        figures their own section in the W&B workspace."""
+        key = image_key(name)
         if self._run is not None:
             import wandb
 
-            self._call("image", lambda: self._run.log({name: wandb.Image(str(image) if isinstance(image, Path) else image)}))
+            self._call("image", lambda: self._run.log({key: wandb.Image(str(image) if isinstance(image, Path) else image)}))
 
     def log_html(self, name: str, path: str | os.PathLike, *, artifact: bool = True) -> None:
         """Log a rendered HTML report as ``wandb.Html`` and (by default) as a ``report`` artifact."""
@@ -184,8 +227,10 @@ def start_run_object(
     mode: str | None = None,
 ) -> Run:
     mode = resolve_mode(mode)
+    if not is_global_zero():  # one run per experiment, from rank 0: the others are silent
+        mode = "disabled"
     config = io.to_jsonable(dict(config or {}))
-    tags = [*tags, f"commit:{git_commit()[:12]}", f"family:{family}"]
+    tags = run_tags(family, tags)
     wandb_run = None
     if mode != "disabled":
         try:
@@ -212,12 +257,34 @@ def start_run(
         run.finish()
 
 
+def log_report(
+    family: str,
+    html_path: str | os.PathLike,
+    config: Mapping[str, Any] | None = None,
+    mode: str | None = None,
+) -> None:
+    """Log a family's rendered report (the runner's ``index.html``) to W&B: a ``job_type="report"``
+    run in the family's group holding it as ``wandb.Html`` and as a ``report`` artifact. The
+    report exists only after the notebook (and its summary run) finished, hence its own run."""
+    with start_run(family, "report", f"{family}-report-html", config=config, mode=mode) as run:
+        run.log_html("report", html_path)
+
+
 # -- local metrics and plot data (what DVC tracks) ---------------------------------------
 
 
 def write_metrics(stage: str, metrics: Mapping[str, Any], reports_dir: str | os.PathLike | None = None) -> Path:
-    """Write ``reports/<stage>/metrics.json`` atomically (committed with ``dvc.lock``)."""
+    """Write ``reports/<stage>/metrics.json`` atomically (committed with ``dvc.lock``).
+
+    When ``metrics`` has a ``headline`` dict it is also written alone to ``headline.json``:
+    the file for DVC's ``metrics:``, so that ``dvc metrics show`` / ``diff`` list just the
+    readable headline numbers, not every config value and table in ``metrics.json``."""
     base = Path(reports_dir) if reports_dir is not None else _reports_dir(stage)
+    if not is_global_zero():  # rank 0 writes the outputs of a multi-process run
+        return base / "metrics.json"
+    headline = metrics.get("headline")
+    if isinstance(headline, Mapping):
+        io.write_json(base / "headline.json", dict(headline))
     return io.write_json(base / "metrics.json", metrics)
 
 
@@ -233,6 +300,8 @@ def write_plot(
     if hasattr(rows, "to_dict"):
         rows = rows.to_dict(orient="records")
     path = base / "plots" / f"{name}.{fmt}"
+    if not is_global_zero() and fmt in ("csv", "json"):  # rank 0 writes the outputs
+        return path
     if fmt == "csv":
         return io.write_csv(path, list(rows))
     if fmt == "json":

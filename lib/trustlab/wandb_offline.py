@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -46,18 +47,42 @@ def _chunks(data: bytes) -> Iterator[bytes]:
             raise ValueError(f"corrupt W&B log: chunk type {kind} at byte {pos}")
 
 
-def read_offline_run(run_dir: str | Path) -> dict[str, Any]:
-    """Return ``{"config", "summary", "history", "tags", "group", "job_type", "name"}`` of a run dir."""
+def _records(path: Path, wait_s: float) -> list[Any]:
+    """The run's records, waiting up to ``wait_s`` for its final ``exit`` record: W&B's core
+    process writes the log asynchronously and may still be flushing when ``finish()`` returns."""
     from wandb.proto import wandb_internal_pb2 as pb
 
+    deadline = time.monotonic() + wait_s
+    while True:
+        records = []
+        data = path.read_bytes()
+        if len(data) >= 4 and data[:4] != b":W&B":
+            raise ValueError(f"{path} is not a W&B transaction log (missing ':W&B' header)")
+        try:
+            for raw in _chunks(data):
+                rec = pb.Record()
+                rec.ParseFromString(raw)
+                records.append(rec)
+        except Exception:  # noqa: BLE001 - a chunk still being written (short read, DecodeError)
+            pass
+        if any(r.WhichOneof("record_type") == "exit" for r in records) or time.monotonic() >= deadline:
+            return records
+        time.sleep(0.05)
+
+
+def read_offline_run(run_dir: str | Path, wait_s: float = 30.0) -> dict[str, Any]:
+    """Return ``{"config", "summary", "history", "tags", "group", "job_type", "name", "artifacts",
+    "complete"}`` of a run dir; ``artifacts`` lists ``{"name", "type", "files"}`` of every logged
+    artifact; ``complete`` says whether the run's ``exit`` record was found within ``wait_s``."""
     run_dir = Path(run_dir)
     files = sorted(run_dir.glob("run-*.wandb"))
     if not files:
         raise FileNotFoundError(f"no run-*.wandb file in {run_dir}")
-    out: dict[str, Any] = {"config": {}, "summary": {}, "history": [], "tags": [], "group": None, "job_type": None, "name": None}
-    for raw in _chunks(files[0].read_bytes()):
-        rec = pb.Record()
-        rec.ParseFromString(raw)
+    out: dict[str, Any] = {
+        "config": {}, "summary": {}, "history": [], "tags": [], "group": None, "job_type": None, "name": None,
+        "artifacts": [], "complete": False,
+    }
+    for rec in _records(files[0], wait_s):
         kind = rec.WhichOneof("record_type")
         if kind == "run":
             out.update(group=rec.run.run_group, job_type=rec.run.job_type, name=rec.run.display_name, tags=list(rec.run.tags))
@@ -72,8 +97,22 @@ def read_offline_run(run_dir: str | Path) -> dict[str, Any]:
                 out["summary"][key] = json.loads(item.value_json)
         elif kind == "history":
             out["history"].append({(i.key or "/".join(i.nested_key)): json.loads(i.value_json) for i in rec.history.item})
+        elif kind == "artifact":
+            art = rec.artifact
+            files = [m.path for m in art.manifest.contents]
+            out["artifacts"].append({"name": art.name, "type": art.type, "files": files})
+        elif kind == "exit":
+            out["complete"] = True
     # summary values of media (tables, images) point at files under files/media
     return out
+
+
+def read_table(run_dir: str | Path, summary: dict[str, Any], key: str) -> dict[str, Any]:
+    """The ``wandb.Table`` logged under ``key``: ``{"columns": [...], "data": [[...], ...]}``."""
+    kind = summary.get(f"{key}/_type")
+    if kind != "table-file":
+        raise KeyError(f"{key!r} is not a logged table in this run (found _type {kind!r})")
+    return json.loads((Path(run_dir) / "files" / summary[f"{key}/path"]).read_text(encoding="utf-8"))
 
 
 def offline_runs(wandb_root: str | Path) -> list[Path]:

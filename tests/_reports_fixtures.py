@@ -1,0 +1,191 @@
+"""Report fixtures shared by the front-page, browser and offline-W&B tests.
+
+- :func:`make_stage`: a synthetic ``reports/<stage>/`` (metrics.json in the families' format,
+  real PNG figures, a small index.html) for families whose notebooks do not exist yet.
+- :func:`smoke_reports`: one real family report, executed by the runner under the smoke
+  profile with W&B offline into a temporary ``wandb/``; built once per test session.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE_FAMILY = "entropy_attention"  # needs generated data only (no base model): the quickest real report
+
+
+def claim(
+    family: str,
+    verdict: str,
+    effect: float | None,
+    lo: float | None,
+    hi: float | None,
+    n: int = 3,
+    metric: str = "ece",
+    expected: str = "decrease",
+    paper: str = "Mukhoti et al. 2020",
+    **kw: Any,
+) -> dict:
+    return {
+        "family": family,
+        "claim": kw.get("claim", f"{metric} {expected}s"),
+        "paper": paper,
+        "metric": metric,
+        "expected": expected,
+        "effect": effect,
+        "ci_low": lo,
+        "ci_high": hi,
+        "n_seeds": n,
+        "verdict": verdict,
+        "note": kw.get("note", ""),
+    }
+
+
+_PNG: dict[str, bytes] = {}
+
+
+def png(path: Path, colour: str = "tab:blue") -> Path:
+    """A real matplotlib PNG (one per colour, drawn once per session)."""
+    if colour not in _PNG:
+        import io
+
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(4, 3))
+        ax.plot([0, 1, 2], [2, 1, 1.5], color=colour)
+        ax.set_title(colour)
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png")
+        plt.close(fig)
+        _PNG[colour] = buf.getvalue()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(_PNG[colour])
+    return path
+
+
+def make_stage(
+    reports: Path,
+    name: str,
+    claims: list[dict] | None = None,
+    figures: tuple[str, ...] = ("main",),
+    headline: dict | None = None,
+    wall_time_s: float = 12.5,
+    profile: str = "smoke",
+    html: bool = True,
+    **extra: Any,
+) -> Path:
+    stage = reports / name
+    (stage / "figures").mkdir(parents=True, exist_ok=True)
+    for i, fig in enumerate(figures):
+        png(stage / "figures" / f"{fig}.png", colour=["tab:blue", "tab:red", "tab:green"][i % 3])
+    metrics = {
+        "headline": headline or {"acc": 0.9, "ece": 0.05},
+        "claims": claims or [],
+        "run": {"profile": profile, "wall_time_s": wall_time_s},
+        **extra,
+    }
+    (stage / "metrics.json").write_text(json.dumps(metrics))
+    if html:
+        (stage / "index.html").write_text(
+            f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{name}</title></head>"
+            f"<body><h1>{name}</h1></body></html>"
+        )
+    return stage
+
+
+@dataclass
+class SmokeReports:
+    reports: Path  # reports/ with reports/<SMOKE_FAMILY>/ executed by the runner
+    data: Path  # data/ with generated/
+    wandb_root: Path  # WANDB_DIR of the run: its runs are under wandb_root/wandb/offline-run-*
+    runner_stdout: str
+
+
+_CACHE: dict[str, SmokeReports] = {}
+
+
+def smoke_reports(tmp_path_factory) -> SmokeReports:
+    """Generate smoke data and execute the ``SMOKE_FAMILY`` notebook through the runner, with
+    W&B offline into a temporary directory and progress bars left to the runner (it turns them
+    off). Cached for the session: the browser and offline-W&B tests share one execution."""
+    if "smoke" in _CACHE:
+        return _CACHE["smoke"]
+    base = tmp_path_factory.mktemp("smoke_reports")
+    data, reports, wandb_root = base / "data", base / "reports", base / "wandb_root"
+    wandb_root.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("TRUSTLAB_PROGRESS",)}
+    env.update(TRUSTLAB_WANDB_MODE="offline", WANDB_MODE="offline", WANDB_DIR=str(wandb_root), TRUSTLAB_ROOT=str(ROOT))
+    gen = subprocess.run(
+        [sys.executable, "pipelines/generate_data.py", "--profile", "smoke", "--out", str(data / "generated")],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert gen.returncode == 0, gen.stderr[-3000:]
+    run = subprocess.run(
+        [
+            sys.executable,
+            "pipelines/run_notebook.py",
+            SMOKE_FAMILY,
+            "--profile",
+            "smoke",
+            "--reports-dir",
+            str(reports / SMOKE_FAMILY),
+            "--data-dir",
+            str(data),
+            "--timeout",
+            "600",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert run.returncode == 0, run.stderr[-4000:]
+    _CACHE["smoke"] = SmokeReports(reports, data, wandb_root, run.stdout)
+    return _CACHE["smoke"]
+
+
+TEMPLATE = ROOT / ".dvc" / "plots" / "offline.html"
+
+
+def dvc(repo: Path, *args: str) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        [sys.executable, "-m", "dvc", *args],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "DVC_NO_ANALYTICS": "1"},
+    )
+    assert proc.returncode == 0, f"dvc {' '.join(args)}: {proc.stderr[-3000:]}"
+    return proc
+
+
+def dvc_plots_page(tmp_path: Path, template: Path = TEMPLATE) -> Path:
+    """``dvc plots show`` in a scratch DVC repo (a line plot and a bar plot) with the offline
+    template set the way the project sets it, in the repo's DVC config."""
+    repo = tmp_path / "repo"
+    (repo / "plots").mkdir(parents=True)
+    (repo / "plots" / "loss.csv").write_text("step,loss\n0,2.0\n1,1.4\n2,1.1\n3,1.0\n")
+    (repo / "plots" / "ece.csv").write_text("loss,ece\nce,0.08\nfocal,0.05\n")
+    (repo / "dvc.yaml").write_text(
+        "plots:\n  - plots/loss.csv:\n      x: step\n      y: loss\n"
+        "  - plots/ece.csv:\n      x: loss\n      y: ece\n      template: bar_horizontal\n"
+    )
+    dvc(repo, "init", "--no-scm", "-q")
+    dvc(repo, "config", "plots.html_template", str(template))
+    dvc(repo, "plots", "show", "-o", "out")
+    return repo / "out" / "index.html"
