@@ -9,7 +9,7 @@
 # `trustlab.data` (`trustlab.data.report` for these tables); this notebook only calls it.
 
 # %% tags=["parameters"]
-profile = None        # e.g. "smoke"; None = the profile key in params.yaml
+profile = None        # e.g. "smoke" (None: the profile key in params.yaml)
 params = {}           # overrides of the data section (the runner injects the whole section)
 reports_dir = None    # default reports/00_data
 data_dir = None       # default data/

@@ -11,7 +11,7 @@
 # library code is in `trustlab.lm.base_model`; this notebook only calls it.
 
 # %% tags=["parameters"]
-profile = None        # e.g. "smoke"; None = the profile key in params.yaml
+profile = None        # e.g. "smoke" (None: the profile key in params.yaml)
 params = {}           # overrides of the base_model section (the runner injects the whole section)
 reports_dir = None    # default reports/01_base_model
 data_dir = None       # default data/

@@ -18,7 +18,7 @@
 # notebook only calls it.
 
 # %% tags=["parameters"]
-profile = None        # e.g. "smoke"; None = the profile key in params.yaml
+profile = None        # e.g. "smoke" (None: the profile key in params.yaml)
 params = {}           # overrides of this family's params.yaml section (the runner injects the whole section)
 reports_dir = None    # default reports/<family>
 data_dir = None       # default data/
@@ -32,6 +32,7 @@ import pandas as pd
 from IPython.display import Markdown, display
 
 from trustlab.config import load_params, load_section
+from trustlab.model_config import ModelConfig
 from trustlab.detection import experiment as ex
 from trustlab.detection.config import ErrorDetectionConfig
 from trustlab.detection.estimators import describe_estimators
@@ -42,6 +43,7 @@ from trustlab.seeding import seed_everything, set_threads
 
 stage_t0 = time.perf_counter()
 cfg = load_section(ErrorDetectionConfig, params, profile=profile)
+model_cfg = load_section(ModelConfig, profile=profile)   # the studied model: tiny (default) or hf
 profile_name = profile or load_params()["profile"]
 reports = Path(reports_dir) if reports_dir else default_reports_dir(ex.FAMILY)
 figures_dir = reports / "figures"
@@ -50,7 +52,7 @@ seed_everything(cfg.seed)
 threads = set_threads(cfg.threads)
 say = print if progress_enabled() else (lambda msg: None)
 # every model directory is checked before any work: a missing one names the stage that makes it
-model_dirs = ex.check_models(cfg, data_dir)
+model_dirs = ex.check_models(cfg, data_dir, model_cfg)
 span = cfg.spans[0]
 
 
@@ -94,7 +96,7 @@ prompts.counts()
 # including the final `<eos>`.
 
 # %%
-base_model, base_tok = ex.load_model_dir(model_dirs["base"])
+base_model, base_tok = ex.load_studied_model(model_dirs, data_dir, model_cfg)
 stats_dir = reports / "stats"
 base = ex.run_model(cfg, "base", base_model, base_tok, prompts, stats_dir, path=str(model_dirs["base"]), inject=True,
                     progress=say)

@@ -23,7 +23,7 @@
 # is in `trustlab.noisefit`; this notebook only calls it.
 
 # %% tags=["parameters"]
-profile = None        # e.g. "smoke"; None = the profile key in params.yaml
+profile = None        # e.g. "smoke" (None: the profile key in params.yaml)
 params = {}           # overrides of this family's params.yaml section (the runner injects the whole section)
 reports_dir = None    # default reports/noisefit
 data_dir = None       # default data/
@@ -37,6 +37,7 @@ import pandas as pd
 from IPython.display import Markdown, display
 
 from trustlab.config import load_params, load_section
+from trustlab.model_config import ModelConfig
 from trustlab.noisefit import experiment as ex
 from trustlab.noisefit.config import NoiseFitConfig
 from trustlab.noisefit.variants import get_variant
@@ -46,6 +47,7 @@ from trustlab.plotting import save_figure
 
 stage_t0 = time.perf_counter()
 cfg = load_section(NoiseFitConfig, params, profile=profile)
+model_cfg = load_section(ModelConfig, profile=profile)   # tiny (default) or a transformers model
 profile_name = profile or load_params()["profile"]
 data = Path(data_dir) if data_dir else default_data_dir()
 reports = Path(reports_dir) if reports_dir else default_reports_dir(ex.FAMILY)
@@ -77,11 +79,13 @@ print(f"profile {profile_name}: {len(cfg.variants)} variants x {len(cfg.seeds)} 
 # %% [markdown]
 # ## Base model and data
 #
-# The base model comes from the `base_model` stage (`<data_dir>/models/base`). The evaluation
-# items are a fixed subset of each split, the same for every model.
+# The base model comes from the `base_model` stage (`<data_dir>/models/base`), or, with
+# `model.backend: hf`, is the transformers causal LM the `model:` section names (with its LoRA
+# adapters and chat template). The evaluation items are a fixed subset of each split, the same
+# for every model.
 
 # %%
-base_model, tokenizer, base_path = ex.load_base(cfg, data)
+base_model, tokenizer, base_path = ex.load_base(cfg, data, model_cfg=model_cfg)
 world = ex.load_world(data)
 items = ex.eval_items(world, cfg.max_eval_items)
 print(f"base model {base_path}: {ex.describe_model(base_model)}")
@@ -102,7 +106,8 @@ pd.DataFrame(
 # `<data_dir>/models/noisefit/<variant>/` for the error-detection family.
 
 # %%
-results = ex.run_experiment(cfg, data, model=base_model, tokenizer=tokenizer, base_name=str(base_path))
+results = ex.run_experiment(cfg, data, model=base_model, tokenizer=tokenizer, base_name=str(base_path),
+                            trainer=model_cfg.trainer.fit_kwargs())
 print(f"{len(results.rows) - 1} runs in {results.seconds:.0f} s; exported: {', '.join(results.exported) or 'none'}")
 
 # %% [markdown]

@@ -151,7 +151,7 @@ def test_summary_html_embeds_tables_and_figures(tmp_path):
 def test_run_logger_names_runs_without_wandb():
     log = rp.RunLogger("main", enabled=False)
     log("ce", 3, {"acc": 0.5})
-    assert log.names == ["main-ce-s3"]
+    assert log.names == ["main-ce-seed3"]
 
 
 def test_hparams_table_blanks_missing_parameters():

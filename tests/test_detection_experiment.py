@@ -294,7 +294,7 @@ def test_log_runs_one_run_per_model(cfg, stats, dets, monkeypatch):
     table = ex.detector_table(cfg, stats, dets)
     claims = ex.make_claims(cfg, stats, dets)
     names = ex.log_runs(cfg, runs, {"detectors": table}, {}, claims, profile="smoke")
-    assert names == ["base-s0", "sft-s0"]
+    assert names == ["base-seed0", "sft-seed0", "error_detection-summary"]
 
 
 def test_within_task_table_uses_the_claims_tasks(cfg, stats, dets):

@@ -262,7 +262,7 @@ def test_number_formatting():
 def test_claims_text_table(reports, tmp_path):
     text = frontpage.claims_as_text(_page(tmp_path).claims)
     lines = text.splitlines()
-    assert lines[0].split() == ["family", "claim", "metric", "effect", "[95%", "CI]", "seeds", "verdict"]
+    assert lines[0].split() == ["family", "claim", "paper", "metric", "effect", "[95%", "CI]", "seeds", "verdict"]
     assert "-0.0123 [-0.02, -0.004]" in lines[1] and lines[1].endswith("supported")
 
 
@@ -330,3 +330,27 @@ def test_cli_as_a_subprocess_like_the_dvc_stage(reports, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("front page: ") and "claims" in proc.stdout
+
+
+def test_dirty_flag_ignores_what_the_pipeline_writes(tmp_path, monkeypatch):
+    """A repro from a clean commit rewrites dvc.lock and reports/: the tree still counts as clean."""
+    import subprocess
+
+    from trustlab import provenance
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    (tmp_path / "reports").mkdir()
+    for name in ("dvc.lock", "reports/metrics.json", "params.yaml"):
+        (tmp_path / name).write_text("a\n")
+    git("init", "-q")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    monkeypatch.setenv("TRUSTLAB_ROOT", str(tmp_path))
+    assert provenance.git_dirty() is False
+    (tmp_path / "dvc.lock").write_text("b\n")
+    (tmp_path / "reports" / "metrics.json").write_text("b\n")
+    assert provenance.git_dirty() is False
+    (tmp_path / "params.yaml").write_text("b\n")
+    assert provenance.git_dirty() is True

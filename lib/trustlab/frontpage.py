@@ -745,11 +745,12 @@ def build_front_page(
 
 def claims_as_text(rows: Sequence[Mapping[str, Any]]) -> str:
     """The claims table as aligned plain text (for notes and the terminal)."""
-    header = ["family", "claim", "metric", "effect [95% CI]", "seeds", "verdict"]
+    header = ["family", "claim", "paper", "metric", "effect [95% CI]", "seeds", "verdict"]
     table = [header] + [
         [
             r["family"],
             r["claim"],
+            r.get("paper") or "",
             r["metric"],
             fmt_effect(r).replace("\u2212", "-"),
             "n/a" if r["n_seeds"] is None else str(r["n_seeds"]),

@@ -471,7 +471,9 @@ class RunLogger:
     def __call__(self, name: str, seed: int, metrics: Mapping[str, Any]) -> None:
         from trustlab.tracking import start_run
 
-        run_name = f"{self.job_type}-{name}-s{seed}"
+        from trustlab.tracking import run_name as convention
+
+        run_name = convention(f"{self.job_type}-{name}", seed)
         self.names.append(run_name)
         if not self.enabled:
             return
