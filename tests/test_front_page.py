@@ -182,6 +182,7 @@ def test_profile_mismatch_is_flagged(reports, tmp_path):
 
 
 def test_provenance_lock_params_manifests_versions_and_wall_times(reports, tmp_path):
+    make_stage(reports, "01_base_model", figures=(), wall_time_s=9.0, headline={"stage_seconds": 219.0})
     lock = tmp_path / "dvc.lock"
     lock.write_text(
         "schema: '2.0'\nstages:\n  data:\n    cmd: python gen.py\n    deps:\n    - path: gen.py\n      md5: aaa\n"
@@ -208,7 +209,9 @@ def test_provenance_lock_params_manifests_versions_and_wall_times(reports, tmp_p
     assert frontpage.params_digests(_params())["all"] in html
     wall = html[html.index('id="wall-times-table"') :]
     wall = wall[: wall.index("</table>")]
-    assert "61.0 s" in wall and "2.2 min" in wall and "3.0 s" in wall and "3.2 min" in wall  # total 194 s
+    assert "61.0 s" in wall and "2.2 min" in wall and "3.0 s" in wall and "9.0 s" in wall
+    assert "base_model (pretraining)" in wall and "3.6 min" in wall  # the pretraining, from its report
+    assert "7.0 min" in wall  # total 61 + 130 + 3 + 9 + 219 = 422 s
 
 
 def test_lock_digest_and_params_digest_track_changes(tmp_path):
