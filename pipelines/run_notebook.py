@@ -97,6 +97,12 @@ def run(
             )
         except pm.PapermillExecutionError as exc:
             error = exc
+        except Exception as exc:  # a cell timeout or a dead kernel: papermill kept what had run
+            from nbclient.exceptions import CellTimeoutError, DeadKernelError
+
+            if not isinstance(exc, (CellTimeoutError, DeadKernelError)):
+                raise
+            error = exc
         finally:
             os.environ.clear()
             os.environ.update(env_backup)
