@@ -38,7 +38,8 @@ from trustlab.config import load_params, load_section
 from trustlab.model_config import ModelConfig
 from trustlab.paths import data_dir as default_data_dir
 from trustlab.paths import reports_dir as default_reports_dir
-from trustlab.plotting import save_figure
+from trustlab.plotting import NotebookFigures
+from trustlab.report import write_summary_html
 
 stage_t0 = time.perf_counter()
 cfg = load_section(CalibrationConfig, params, profile=profile)
@@ -47,8 +48,9 @@ profile_name = profile or load_params()["profile"]
 run_config = {"profile": profile_name, "calibration": cfg.to_dict()}   # every W&B run's config
 reports = Path(reports_dir) if reports_dir else default_reports_dir(ex.FAMILY)
 data = Path(data_dir) if data_dir else default_data_dir()
-figures_dir = reports / "figures"
-figures, timings = {}, {}
+figures = NotebookFigures(reports / "figures")   # show(fig, name): saved, kept for W&B, shown
+show = figures.show
+timings = {}
 
 # Fail before any training when the language-model section cannot run.
 lm_model_path = lmcal.require_lm(data, cfg.lm.model_dir, model_cfg) if cfg.lm.enabled else None
@@ -56,12 +58,6 @@ lm_items = []
 if cfg.lm.enabled:
     lm_items = lmcal.sample_items(data / "generated", cfg.lm.pools, cfg.lm.n_items, seed=cfg.seeds[0])
 
-
-def show(fig, name):
-    """Save the figure as PNG under reports/figures, keep it for the W&B summary, show it inline."""
-    save_figure(fig, figures_dir / f"{name}.png")
-    figures[name] = fig
-    plt.show()
 
 
 pd.set_option("display.width", 200)
@@ -286,9 +282,9 @@ display_tables = {
 }
 if lm_result is not None:
     display_tables["lm"] = rp.lm_table(lm_result)
-summary_html = rp.write_summary_html(
+summary_html = write_summary_html(
     reports / "summary.html", "calibration: summary",
-    [("Claims", claims_df), *display_tables.items(), *[(n, figures_dir / f"{n}.png") for n in figures],
+    [("Claims", claims_df), *display_tables.items(), *[(n, figures.path(n)) for n in figures],
      ("Findings", rp.findings(claims, {"main": main_tables}, lm_result))],
 )
 rp.log_summary({**display_tables, "main_per_seed": main_tables.main, "ece_vs_severity": severity},

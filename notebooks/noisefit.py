@@ -43,7 +43,8 @@ from trustlab.noisefit.config import NoiseFitConfig
 from trustlab.noisefit.variants import get_variant
 from trustlab.paths import data_dir as default_data_dir
 from trustlab.paths import reports_dir as default_reports_dir
-from trustlab.plotting import save_figure
+from trustlab.plotting import NotebookFigures
+from trustlab.report import write_summary_html
 
 stage_t0 = time.perf_counter()
 cfg = load_section(NoiseFitConfig, params, profile=profile)
@@ -51,15 +52,9 @@ model_cfg = load_section(ModelConfig, profile=profile)   # tiny (default) or a t
 profile_name = profile or load_params()["profile"]
 data = Path(data_dir) if data_dir else default_data_dir()
 reports = Path(reports_dir) if reports_dir else default_reports_dir(ex.FAMILY)
-figures_dir = reports / "figures"
-figures = {}
+figures = NotebookFigures(reports / "figures")   # show(fig, name): saved, kept for W&B, shown
+show = figures.show
 
-
-def show(fig, name):
-    """Save the figure as PNG under reports/figures, keep it for the W&B summary, show it inline."""
-    save_figure(fig, figures_dir / f"{name}.png")
-    figures[name] = fig
-    plt.show()
 
 
 pd.set_option("display.precision", 3)
@@ -235,7 +230,7 @@ display(Markdown(ex.findings(results, claims)))
 # %%
 stage_seconds = time.perf_counter() - stage_t0
 metrics = ex.write_outputs(results, reports, claims, profile=profile_name, stage_seconds=stage_seconds)
-html_path = ex.write_summary_html(reports / "summary.html", "NoiseFiT summary", [
+html_path = write_summary_html(reports / "summary.html", "NoiseFiT summary", [
     ("Results per variant (mean ± std over seeds)", table.drop(columns=["label"])),
     ("Hallucination rate by split", halluc.drop(columns=["variant"])),
     ("Step time relative to SFT", steps),

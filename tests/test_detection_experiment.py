@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 
+from trustlab.report import write_summary_html
 from trustlab.config import ConfigError
 from trustlab.detection import experiment as ex
 from trustlab.detection import metrics as M
@@ -284,7 +285,7 @@ def test_write_outputs(tmp_path, cfg, stats, dets):
     assert h["claims_total"] == 4
     for name in ("detectors", "cost", "claims"):
         assert (tmp_path / "plots" / f"{name}.csv").exists()
-    html = ex.write_summary_html(tmp_path / "s.html", "t", [("Claims", tables["claims"]), ("Text", "a <b>")])
+    html = write_summary_html(tmp_path / "s.html", "t", [("Claims", tables["claims"]), ("Text", "a <b>")])
     assert "&lt;b&gt;" in html.read_text()
 
 

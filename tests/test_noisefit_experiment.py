@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from trustlab.report import write_summary_html
 from trustlab.config import ConfigError
 from trustlab.data.config import WorldConfig
 from trustlab.data.world import generate_world
@@ -132,7 +133,7 @@ def test_run_experiment_end_to_end(data_dir, tmp_path):
             "step_time": ex.plot_step_time(res)}  # fmt: skip
     assert all(f.axes for f in figs.values())
     sections = [("claims", ex.claims_frame(claims)), ("snr", figs["snr"])]
-    html = ex.write_summary_html(tmp_path / "summary.html", "t", sections)
+    html = write_summary_html(tmp_path / "summary.html", "t", sections)
     assert "data:image/png;base64," in html.read_text()
     ex.log_summary(res, claims, figs, html_path=html)
     steps = ex.step_time_table(res)

@@ -17,8 +17,8 @@ in ``error_detection.models``):
    :func:`injected_table`, :func:`model_table` (part 4), :func:`make_claims` (the issue's four
    claims; effect + paired-bootstrap 95% CI + verdict).
 4. Outputs: :func:`write_outputs` (``metrics.json`` + ``plots/*.csv``), figures
-   (``plot_*``), :func:`log_runs` (one W&B run per model in group ``error_detection``) and
-   :func:`write_summary_html`.
+   (``plot_*``) and :func:`log_runs` (one W&B run per model in group ``error_detection``, and
+   the summary run).
 
 Choosing "the best" detector of a group (for the claims and the F1 claim) always uses the
 *fit* split's out-of-fold AUROC, never the test labels.
@@ -26,9 +26,7 @@ Choosing "the best" detector of a group (for the claims and the F1 claim) always
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import html
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -1043,28 +1041,6 @@ def write_outputs(
     return metrics
 
 
-def write_summary_html(path: str | Path, title: str, sections: Sequence[tuple[str, Any]]) -> Path:
-    """A self-contained HTML page: one section per (heading, DataFrame | PNG path | text)."""
-    import pandas as pd
-
-    from trustlab.io import atomic_write_text
-
-    style = ("body{font-family:sans-serif;max-width:1200px;margin:auto}table{border-collapse:collapse;"
-             "font-size:12px}td,th{border:1px solid #ccc;padding:2px 6px}img{max-width:100%}")  # fmt: skip
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
-             f"<style>{style}</style></head><body>", f"<h1>{html.escape(title)}</h1>"]  # fmt: skip
-    for heading, body in sections:
-        parts.append(f"<h2>{html.escape(heading)}</h2>")
-        if isinstance(body, pd.DataFrame):
-            parts.append(body.to_html(index=False, float_format=lambda x: f"{x:.4g}", na_rep=""))
-        elif isinstance(body, Path):
-            if body.exists():
-                data = base64.b64encode(body.read_bytes()).decode()
-                parts.append(f"<img src='data:image/png;base64,{data}' alt='{html.escape(heading)}'>")
-        else:
-            parts += [f"<p>{html.escape(line)}</p>" for line in str(body).splitlines() if line.strip()]
-    parts.append("</body></html>")
-    return atomic_write_text(path, "\n".join(parts))
 
 
 def log_runs(

@@ -961,32 +961,6 @@ def findings(results: Results, claims: list) -> str:
     return "\n".join(f"- {s}" for s in out)
 
 
-def write_summary_html(path: str | Path, title: str, sections: Sequence[tuple[str, Any]]) -> Path:
-    """A self-contained HTML page: each section a heading and a DataFrame (table), a matplotlib
-    figure (embedded PNG) or text."""
-    import base64
-    import html
-    import io as _io
-
-    from trustlab.io import atomic_write_text
-
-    style = ("body{font-family:sans-serif;max-width:1200px;margin:auto}table{border-collapse:collapse;font-size:12px}"
-             "td,th{border:1px solid #ccc;padding:2px 6px}img{max-width:100%}")  # fmt: skip
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
-             f"<style>{style}</style></head><body><h1>{html.escape(title)}</h1>"]  # fmt: skip
-    for heading, body in sections:
-        parts.append(f"<h2>{html.escape(heading)}</h2>")
-        if hasattr(body, "to_html"):
-            parts.append(body.to_html(index=False, float_format=lambda x: f"{x:.4g}", na_rep=""))
-        elif hasattr(body, "savefig"):
-            buf = _io.BytesIO()
-            body.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-            data = base64.b64encode(buf.getvalue()).decode()
-            parts.append(f"<img src='data:image/png;base64,{data}' alt='{html.escape(heading)}'>")
-        else:
-            parts += [f"<p>{html.escape(line)}</p>" for line in str(body).splitlines() if line.strip()]
-    parts.append("</body></html>")
-    return atomic_write_text(path, "\n".join(parts))
 
 
 def log_summary(
