@@ -1059,8 +1059,10 @@ def findings(results: Results, claims: list, overhead: dict | None = None) -> st
     n_div = sum(r.status != "ok" for r in results.runs + results.sweep)
     out.append(f"Diverged or failed runs: {n_div} of {len(results.runs) + len(results.sweep)}.")
     if overhead:
+        target = "within" if overhead["amortised_ratio"] <= 1.5 else "above"
         out.append(f"Entropy measurement: every step would cost {overhead['every_step_ratio']:.2f}x the fast path; "
-                   f"measuring only every {overhead['log_every']} steps costs {overhead['amortised_ratio']:.3f}x.")
+                   f"measuring only every {overhead['log_every']} steps costs {overhead['amortised_ratio']:.3f}x, "
+                   f"{target} the 1.5x budget.")
     verdicts = {}
     for cl in claims:
         verdicts.setdefault(cl.verdict, 0)
