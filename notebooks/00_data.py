@@ -9,7 +9,7 @@
 # `trustlab.data` (`trustlab.data.report` for these tables); this notebook only calls it.
 
 # %% tags=["parameters"]
-profile = None        # e.g. "smoke"; None = the profile key in params.yaml
+profile = None        # e.g. "smoke" (None: the profile key in params.yaml)
 params = {}           # overrides of the data section (the runner injects the whole section)
 reports_dir = None    # default reports/00_data
 data_dir = None       # default data/
@@ -28,7 +28,7 @@ from trustlab.data.config import DataConfig
 from trustlab.lm.base_model import BaseModelConfig
 from trustlab.paths import data_dir as default_data_dir
 from trustlab.paths import reports_dir as default_reports_dir
-from trustlab.plotting import save_figure
+from trustlab.plotting import NotebookFigures
 from trustlab.tracking import start_run, write_metrics, write_plot
 
 stage_t0 = time.perf_counter()
@@ -36,14 +36,9 @@ cfg = load_section(DataConfig, params, profile=profile)
 profile_name = profile or load_params()["profile"]
 reports = Path(reports_dir) if reports_dir else default_reports_dir(dr.STAGE)
 gen_dir = dr.generated_dir(Path(data_dir) if data_dir else default_data_dir())
-figures = {}
+figures = NotebookFigures(reports / "figures")   # show(fig, name): saved, kept for W&B, shown
+show = figures.show
 
-
-def show(fig, name):
-    """Save the figure as PNG under reports/figures, keep it for W&B, show it inline."""
-    save_figure(fig, reports / "figures" / f"{name}.png")
-    figures[name] = fig
-    plt.show()
 
 
 pd.set_option("display.precision", 3)

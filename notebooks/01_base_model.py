@@ -11,7 +11,7 @@
 # library code is in `trustlab.lm.base_model`; this notebook only calls it.
 
 # %% tags=["parameters"]
-profile = None        # e.g. "smoke"; None = the profile key in params.yaml
+profile = None        # e.g. "smoke" (None: the profile key in params.yaml)
 params = {}           # overrides of the base_model section (the runner injects the whole section)
 reports_dir = None    # default reports/01_base_model
 data_dir = None       # default data/
@@ -29,7 +29,7 @@ from trustlab.lm import base_model as bm
 from trustlab.lm.checkpoint import load_pretrained
 from trustlab.paths import data_dir as default_data_dir
 from trustlab.paths import reports_dir as default_reports_dir
-from trustlab.plotting import save_figure
+from trustlab.plotting import NotebookFigures
 from trustlab.tracking import start_run, write_metrics, write_plot
 
 stage_t0 = time.perf_counter()
@@ -39,14 +39,9 @@ reports = Path(reports_dir) if reports_dir else default_reports_dir(bm.REPORT_ST
 data = Path(data_dir) if data_dir else default_data_dir()
 gen_dir = bm.generated_dir(data)
 model_dir = data / "models" / "base"
-figures = {}
+figures = NotebookFigures(reports / "figures")   # show(fig, name): saved, kept for W&B, shown
+show = figures.show
 
-
-def show(fig, name):
-    """Save the figure as PNG under reports/figures, keep it for W&B, show it inline."""
-    save_figure(fig, reports / "figures" / f"{name}.png")
-    figures[name] = fig
-    plt.show()
 
 
 pd.set_option("display.precision", 3)

@@ -17,7 +17,7 @@
 # paired per-seed differences with a Student-t 95% CI.
 
 # %% tags=["parameters"]
-profile = None        # e.g. "smoke"; None = the profile key in params.yaml
+profile = None        # e.g. "smoke" (None: the profile key in params.yaml)
 params = {}           # overrides of this family params.yaml section (the runner injects the whole section)
 reports_dir = None    # default reports/calibration
 data_dir = None       # default data/
@@ -35,30 +35,29 @@ from trustlab.calibration import lm as lmcal
 from trustlab.calibration import report as rp
 from trustlab.calibration.config import CalibrationConfig
 from trustlab.config import load_params, load_section
+from trustlab.model_config import ModelConfig
 from trustlab.paths import data_dir as default_data_dir
 from trustlab.paths import reports_dir as default_reports_dir
-from trustlab.plotting import save_figure
+from trustlab.plotting import NotebookFigures
+from trustlab.report import write_summary_html
 
 stage_t0 = time.perf_counter()
 cfg = load_section(CalibrationConfig, params, profile=profile)
+model_cfg = load_section(ModelConfig, profile=profile)   # the LM section's model: tiny (default) or hf
 profile_name = profile or load_params()["profile"]
+run_config = {"profile": profile_name, "calibration": cfg.to_dict()}   # every W&B run's config
 reports = Path(reports_dir) if reports_dir else default_reports_dir(ex.FAMILY)
 data = Path(data_dir) if data_dir else default_data_dir()
-figures_dir = reports / "figures"
-figures, timings = {}, {}
+figures = NotebookFigures(reports / "figures")   # show(fig, name): saved, kept for W&B, shown
+show = figures.show
+timings = {}
 
 # Fail before any training when the language-model section cannot run.
-lm_model_path = lmcal.require_base_model(data, cfg.lm.model_dir) if cfg.lm.enabled else None
+lm_model_path = lmcal.require_lm(data, cfg.lm.model_dir, model_cfg) if cfg.lm.enabled else None
 lm_items = []
 if cfg.lm.enabled:
     lm_items = lmcal.sample_items(data / "generated", cfg.lm.pools, cfg.lm.n_items, seed=cfg.seeds[0])
 
-
-def show(fig, name):
-    """Save the figure as PNG under reports/figures, keep it for the W&B summary, show it inline."""
-    save_figure(fig, figures_dir / f"{name}.png")
-    figures[name] = fig
-    plt.show()
 
 
 pd.set_option("display.width", 200)
@@ -95,7 +94,7 @@ pd.DataFrame([{"train": len(sp.y_train), "validation": len(sp.y_val), "test": le
 
 # %%
 t0 = time.perf_counter()
-main_tables = ex.run_main_table(cfg, on_run=rp.RunLogger("main", hparams=cfg.hparams_for))
+main_tables = ex.run_main_table(cfg, on_run=rp.RunLogger("main", hparams=cfg.hparams_for, config=run_config))
 timings["main"] = time.perf_counter() - t0
 print(f"{main_tables.main[['loss', 'seed']].drop_duplicates().shape[0]} models in {timings['main']:.0f} s")
 display(Markdown("**In distribution** (clean test set)"))
@@ -143,7 +142,7 @@ show(rp.plot_ece_vs_severity(severity), "ece_vs_severity")
 
 # %%
 t0 = time.perf_counter()
-robustness = ex.run_robustness(cfg, on_run=rp.RunLogger("robustness"))
+robustness = ex.run_robustness(cfg, on_run=rp.RunLogger("robustness", config=run_config))
 timings["robustness"] = time.perf_counter() - t0
 print(f"{len(robustness[['loss', 'noise', 'rate', 'seed']].drop_duplicates()) if len(robustness) else 0} models "
       f"in {timings['robustness']:.0f} s")
@@ -165,7 +164,7 @@ rp.robustness_table(robustness, main_tables.main, "id_ece", "ts")
 
 # %%
 t0 = time.perf_counter()
-soft = ex.run_soft_labels(cfg, on_run=rp.RunLogger("soft_labels"))
+soft = ex.run_soft_labels(cfg, on_run=rp.RunLogger("soft_labels", config=run_config))
 timings["soft_labels"] = time.perf_counter() - t0
 rp.soft_label_table(soft)
 
@@ -178,14 +177,15 @@ rp.soft_label_table(soft)
 
 # %%
 t0 = time.perf_counter()
-anyloss = ex.run_anyloss(cfg, on_run=rp.RunLogger("anyloss", hparams=cfg.hparams_for))
+anyloss = ex.run_anyloss(cfg, on_run=rp.RunLogger("anyloss", hparams=cfg.hparams_for, config=run_config))
 timings["anyloss"] = time.perf_counter() - t0
 rp.anyloss_table(anyloss)
 
 # %% [markdown]
 # ## Calibrating the language model
 #
-# The base language model (the `base_model` stage, `data/models/base`) answers world-QA and
+# The base language model (the `base_model` stage, `data/models/base`; with `model.backend: hf`
+# the transformers model of the `model:` section) answers world-QA and
 # arithmetic questions greedily. The confidence of an answer is its sequence probability (the
 # product of the raw token probabilities, the final `<eos>` included); the task checkers decide
 # correctness. One temperature T divides every token logit; it never changes a greedy answer,
@@ -202,12 +202,11 @@ rp.anyloss_table(anyloss)
 # %%
 lm_result = None
 if cfg.lm.enabled:
-    from trustlab.lm.checkpoint import load_pretrained
     from trustlab.seeding import set_threads
 
     t0 = time.perf_counter()
     set_threads(cfg.threads)
-    lm_model, lm_tok = load_pretrained(lm_model_path)
+    lm_model, lm_tok = lmcal.load_lm(data, cfg.lm.model_dir, model_cfg)
     answers = lmcal.collect_answers(lm_model, lm_tok, lm_items, max_new_tokens=cfg.lm.max_new_tokens,
                                     batch_size=cfg.lm.batch_size, with_gold="gold_nll" in cfg.lm.objectives)
     lm_result = lmcal.run_lm_calibration(answers, seeds=cfg.seeds, val_frac=cfg.lm.val_frac,
@@ -283,9 +282,9 @@ display_tables = {
 }
 if lm_result is not None:
     display_tables["lm"] = rp.lm_table(lm_result)
-summary_html = rp.write_summary_html(
+summary_html = write_summary_html(
     reports / "summary.html", "calibration: summary",
-    [("Claims", claims_df), *display_tables.items(), *[(n, figures_dir / f"{n}.png") for n in figures],
+    [("Claims", claims_df), *display_tables.items(), *[(n, figures.path(n)) for n in figures],
      ("Findings", rp.findings(claims, {"main": main_tables}, lm_result))],
 )
 rp.log_summary({**display_tables, "main_per_seed": main_tables.main, "ece_vs_severity": severity},

@@ -15,7 +15,7 @@
 # in `trustlab.attention`; this notebook only calls it.
 
 # %% tags=["parameters"]
-profile = None        # e.g. "smoke"; None = the profile key in params.yaml
+profile = None        # e.g. "smoke" (None: the profile key in params.yaml)
 params = {}           # overrides of this family's params.yaml section (the runner injects the whole section)
 reports_dir = None    # default reports/<family>
 data_dir = None       # default data/
@@ -33,23 +33,15 @@ from trustlab.attention.config import EntropyAttentionConfig
 from trustlab.attention.variants import get_variant
 from trustlab.config import load_params, load_section
 from trustlab.paths import reports_dir as default_reports_dir
-from trustlab.plotting import save_figure
+from trustlab.plotting import NotebookFigures
 
 stage_t0 = time.perf_counter()
 cfg = load_section(EntropyAttentionConfig, params, profile=profile)
 profile_name = profile or load_params()["profile"]
 reports = Path(reports_dir) if reports_dir else default_reports_dir(ex.FAMILY)
-figures_dir = reports / "figures"
-figures = {}
+figures = NotebookFigures(reports / "figures")   # show(fig, name): saved, kept for W&B, shown
+show = figures.show
 
-
-def show(fig, name):
-    """Save the figure as PNG under reports/figures, keep it for the W&B summary, show it inline."""
-    if fig is None:
-        return
-    save_figure(fig, figures_dir / f"{name}.png")
-    figures[name] = fig
-    plt.show()
 
 
 pd.set_option("display.precision", 3)

@@ -18,7 +18,7 @@
 # notebook only calls it.
 
 # %% tags=["parameters"]
-profile = None        # e.g. "smoke"; None = the profile key in params.yaml
+profile = None        # e.g. "smoke" (None: the profile key in params.yaml)
 params = {}           # overrides of this family's params.yaml section (the runner injects the whole section)
 reports_dir = None    # default reports/<family>
 data_dir = None       # default data/
@@ -32,35 +32,30 @@ import pandas as pd
 from IPython.display import Markdown, display
 
 from trustlab.config import load_params, load_section
+from trustlab.model_config import ModelConfig
 from trustlab.detection import experiment as ex
 from trustlab.detection.config import ErrorDetectionConfig
 from trustlab.detection.estimators import describe_estimators
 from trustlab.paths import reports_dir as default_reports_dir
-from trustlab.plotting import save_figure
+from trustlab.plotting import NotebookFigures
+from trustlab.report import write_summary_html
 from trustlab.progress import progress_enabled
 from trustlab.seeding import seed_everything, set_threads
 
 stage_t0 = time.perf_counter()
 cfg = load_section(ErrorDetectionConfig, params, profile=profile)
+model_cfg = load_section(ModelConfig, profile=profile)   # the studied model: tiny (default) or hf
 profile_name = profile or load_params()["profile"]
 reports = Path(reports_dir) if reports_dir else default_reports_dir(ex.FAMILY)
-figures_dir = reports / "figures"
-figures = {}
+figures = NotebookFigures(reports / "figures")   # show(fig, name): saved, kept for W&B, shown
+show = figures.show
 seed_everything(cfg.seed)
 threads = set_threads(cfg.threads)
 say = print if progress_enabled() else (lambda msg: None)
 # every model directory is checked before any work: a missing one names the stage that makes it
-model_dirs = ex.check_models(cfg, data_dir)
+model_dirs = ex.check_models(cfg, data_dir, model_cfg)
 span = cfg.spans[0]
 
-
-def show(fig, name):
-    """Save the figure as PNG under reports/figures, keep it for W&B, show it inline."""
-    if fig is None:
-        return
-    save_figure(fig, figures_dir / f"{name}.png")
-    figures[name] = fig
-    plt.show()
 
 
 pd.set_option("display.precision", 3)
@@ -94,7 +89,7 @@ prompts.counts()
 # including the final `<eos>`.
 
 # %%
-base_model, base_tok = ex.load_model_dir(model_dirs["base"])
+base_model, base_tok = ex.load_studied_model(model_dirs, data_dir, model_cfg)
 stats_dir = reports / "stats"
 base = ex.run_model(cfg, "base", base_model, base_tok, prompts, stats_dir, path=str(model_dirs["base"]), inject=True,
                     progress=say)
@@ -289,12 +284,12 @@ tables = {"detectors": table, "within_task": within_task, "error_rates": err_tab
           "roc": roc, "pr": pr, "rejection": rejection}
 metrics = ex.write_outputs(reports, cfg, runs, tables, claims, profile=profile_name, stage_seconds=stage_seconds,
                            notes={"models": "none listed" if not cfg.models else list(model_dirs)[1:]})
-summary_html = ex.write_summary_html(
+summary_html = write_summary_html(
     reports / "summary.html", "error detection: summary",
     [("Claims", claims_df), ("Detectors (test, all tasks)", ex.display_table(table, "all")),
      ("Pooled vs within-task AUROC", within_task), ("Error rates", err_table), ("Cost", cost[cost.span == span]),
      ("Injected errors", inj_table), ("Models", models_table),
-     *[(n, figures_dir / f"{n}.png") for n in figures],
+     *[(n, figures.path(n)) for n in figures],
      ("Findings", ex.findings(cfg, base, table, claims, err_table, inj_table, models_table))],
 )
 ex.log_runs(cfg, runs, tables, figures, claims, profile=profile_name, html_path=summary_html,

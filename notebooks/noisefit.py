@@ -23,7 +23,7 @@
 # is in `trustlab.noisefit`; this notebook only calls it.
 
 # %% tags=["parameters"]
-profile = None        # e.g. "smoke"; None = the profile key in params.yaml
+profile = None        # e.g. "smoke" (None: the profile key in params.yaml)
 params = {}           # overrides of this family's params.yaml section (the runner injects the whole section)
 reports_dir = None    # default reports/noisefit
 data_dir = None       # default data/
@@ -37,27 +37,24 @@ import pandas as pd
 from IPython.display import Markdown, display
 
 from trustlab.config import load_params, load_section
+from trustlab.model_config import ModelConfig
 from trustlab.noisefit import experiment as ex
 from trustlab.noisefit.config import NoiseFitConfig
 from trustlab.noisefit.variants import get_variant
 from trustlab.paths import data_dir as default_data_dir
 from trustlab.paths import reports_dir as default_reports_dir
-from trustlab.plotting import save_figure
+from trustlab.plotting import NotebookFigures
+from trustlab.report import write_summary_html
 
 stage_t0 = time.perf_counter()
 cfg = load_section(NoiseFitConfig, params, profile=profile)
+model_cfg = load_section(ModelConfig, profile=profile)   # tiny (default) or a transformers model
 profile_name = profile or load_params()["profile"]
 data = Path(data_dir) if data_dir else default_data_dir()
 reports = Path(reports_dir) if reports_dir else default_reports_dir(ex.FAMILY)
-figures_dir = reports / "figures"
-figures = {}
+figures = NotebookFigures(reports / "figures")   # show(fig, name): saved, kept for W&B, shown
+show = figures.show
 
-
-def show(fig, name):
-    """Save the figure as PNG under reports/figures, keep it for the W&B summary, show it inline."""
-    save_figure(fig, figures_dir / f"{name}.png")
-    figures[name] = fig
-    plt.show()
 
 
 pd.set_option("display.precision", 3)
@@ -77,11 +74,13 @@ print(f"profile {profile_name}: {len(cfg.variants)} variants x {len(cfg.seeds)} 
 # %% [markdown]
 # ## Base model and data
 #
-# The base model comes from the `base_model` stage (`<data_dir>/models/base`). The evaluation
-# items are a fixed subset of each split, the same for every model.
+# The base model comes from the `base_model` stage (`<data_dir>/models/base`), or, with
+# `model.backend: hf`, is the transformers causal LM the `model:` section names (with its LoRA
+# adapters and chat template). The evaluation items are a fixed subset of each split, the same
+# for every model.
 
 # %%
-base_model, tokenizer, base_path = ex.load_base(cfg, data)
+base_model, tokenizer, base_path = ex.load_base(cfg, data, model_cfg=model_cfg)
 world = ex.load_world(data)
 items = ex.eval_items(world, cfg.max_eval_items)
 print(f"base model {base_path}: {ex.describe_model(base_model)}")
@@ -102,7 +101,8 @@ pd.DataFrame(
 # `<data_dir>/models/noisefit/<variant>/` for the error-detection family.
 
 # %%
-results = ex.run_experiment(cfg, data, model=base_model, tokenizer=tokenizer, base_name=str(base_path))
+results = ex.run_experiment(cfg, data, model=base_model, tokenizer=tokenizer, base_name=str(base_path),
+                            trainer=model_cfg.trainer.fit_kwargs())
 print(f"{len(results.rows) - 1} runs in {results.seconds:.0f} s; exported: {', '.join(results.exported) or 'none'}")
 
 # %% [markdown]
@@ -230,7 +230,7 @@ display(Markdown(ex.findings(results, claims)))
 # %%
 stage_seconds = time.perf_counter() - stage_t0
 metrics = ex.write_outputs(results, reports, claims, profile=profile_name, stage_seconds=stage_seconds)
-html_path = ex.write_summary_html(reports / "summary.html", "NoiseFiT summary", [
+html_path = write_summary_html(reports / "summary.html", "NoiseFiT summary", [
     ("Results per variant (mean ± std over seeds)", table.drop(columns=["label"])),
     ("Hallucination rate by split", halluc.drop(columns=["variant"])),
     ("Step time relative to SFT", steps),

@@ -22,6 +22,7 @@ sys.path.insert(0, str(ROOT / "lib"))
 
 from trustlab import io  # noqa: E402
 from trustlab.config import ConfigError, load_params  # noqa: E402
+from trustlab.profiles import check_environment  # noqa: E402
 from trustlab.report import render_html  # noqa: E402
 from trustlab.sections import NOTEBOOKS, section_class  # noqa: E402
 from trustlab.tracking import log_report  # noqa: E402
@@ -47,6 +48,8 @@ def run(
     section = NOTEBOOKS[name]
     # Fail before the kernel starts: the same validation runs again inside the notebook.
     section_class(section).from_dict(params.get(section) or {}, where=section)
+    # ... and when the profile asks for what this machine lacks (CUDA, an uncached hub model).
+    check_environment(params, data_dir or ROOT / "data")
 
     reports_dir = (reports_dir or ROOT / "reports" / name).resolve()
     data_dir = (data_dir or ROOT / "data").resolve()
@@ -93,6 +96,12 @@ def run(
                 report_mode=False,
             )
         except pm.PapermillExecutionError as exc:
+            error = exc
+        except Exception as exc:  # a cell timeout or a dead kernel: papermill kept what had run
+            from nbclient.exceptions import CellTimeoutError, DeadKernelError
+
+            if not isinstance(exc, (CellTimeoutError, DeadKernelError)):
+                raise
             error = exc
         finally:
             os.environ.clear()

@@ -1,7 +1,7 @@
 """Report fixtures shared by the front-page, browser and offline-W&B tests.
 
 - :func:`make_stage`: a synthetic ``reports/<stage>/`` (metrics.json in the families' format,
-  real PNG figures, a small index.html) for families whose notebooks do not exist yet.
+  real PNG figures, a small index.html) for stages a test does not execute.
 - :func:`smoke_reports`: one real family report, executed by the runner under the smoke
   profile with W&B offline into a temporary ``wandb/``; built once per test session.
 """

@@ -60,3 +60,26 @@ def smoke_data_dir(tmp_path_factory) -> Path:
     _run(["pipelines/generate_data.py", "--profile", "smoke", "--out", str(data / "generated")])
     _run(["pipelines/pretrain_base.py", "--profile", "smoke", "--data-dir", str(data), "--out", str(data / "models" / "base")])
     return data
+
+
+@pytest.fixture(scope="session")
+def executed_report(smoke_data_dir, tmp_path_factory):
+    """``executed_report(name) -> (reports_dir, process)``: the runner executes notebook
+    ``name`` under the smoke profile on ``smoke_data_dir``, once per session; the end-to-end
+    and browser tests share the result."""
+    import subprocess
+
+    done: dict[str, tuple[Path, subprocess.CompletedProcess]] = {}
+
+    def run(name: str):
+        if name not in done:
+            reports = tmp_path_factory.mktemp(f"report_{name}") / name
+            proc = subprocess.run(
+                [sys.executable, str(ROOT / "pipelines" / "run_notebook.py"), name, "--profile", "smoke",
+                 "--reports-dir", str(reports), "--data-dir", str(smoke_data_dir), "--timeout", "600"],
+                capture_output=True, text=True, cwd=ROOT, timeout=900,
+            )  # fmt: skip
+            done[name] = (reports, proc)
+        return done[name]
+
+    return run

@@ -1,8 +1,9 @@
 """Every rendered HTML page, loaded in headless Chromium with the network blocked.
 
 Pages: the front page (one real family report executed by the runner on smoke data, one
-synthetic family, the rest not run), that family report, and a ``dvc plots show`` page made
-with the offline template. For each: every image loaded (``naturalWidth > 0``), the expected
+synthetic family, the rest not run), every stage's report executed by the runner under the
+smoke profile (shared with the end-to-end tests), and a ``dvc plots show`` page made with the
+offline template. For each: every image loaded (``naturalWidth > 0``), the expected
 headings and tables are there, no console error, no request left the machine, and a
 full-page screenshot is saved under the test's tmp dir.
 
@@ -24,6 +25,7 @@ import jupytext
 import pytest
 
 from _reports_fixtures import SMOKE_FAMILY, claim, dvc_plots_page, make_stage, smoke_reports
+from trustlab.sections import NOTEBOOKS
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
@@ -277,6 +279,25 @@ def test_family_report_renders_offline(browser, pages, tmp_path):
     # the runner turned progress bars off: no bar text and no widget in the executed report
     executed = (pages / SMOKE_FAMILY / f"{SMOKE_FAMILY}.ipynb").read_text()
     assert "it/s]" not in executed and "application/vnd.jupyter.widget-view+json" not in executed
+
+
+@pytest.mark.parametrize("name", list(NOTEBOOKS))
+def test_every_report_renders_offline(browser, executed_report, name, tmp_path):
+    """Each stage's rendered report (data, base model, the four families), executed by the
+    runner under the smoke profile: images load, the notebook's headings and its tables are
+    there, nothing reaches the network, no console error."""
+    reports, proc = executed_report(name)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    shot = tmp_path / f"{name}.png"
+    page = load(browser, reports / "index.html", shot)
+    assert_clean(page, shot, min_images=len(list((reports / "figures").glob("*.png"))) or 1)
+    nb = jupytext.read(ROOT / "notebooks" / f"{name}.py")
+    expected = [m.group(1).strip() for c in nb.cells if c.cell_type == "markdown"
+                for m in re.finditer(r"^#{1,2} (.+)$", c.source, re.M)]  # fmt: skip
+    shown = re.sub(r"[`$\\]", "", " | ".join(page["headings"]))
+    for heading in expected:
+        assert re.sub(r"[`$\\]", "", heading)[:25] in shown, (heading, page["headings"])
+    assert page["tables"] and all(t["rows"] > 0 for t in page["tables"]), page["tables"]
 
 
 def test_dvc_plots_page_renders_offline(browser, tmp_path):

@@ -178,6 +178,13 @@ def test_aldr_kl_lambda_stays_in_bounds():
         z = torch.randn(64, 10) * scale
         loss(z, torch.randint(0, 10, (64,)), sample_ids=torch.arange(64))
         assert lo - 1e-6 <= float(loss.lambdas.min()) and float(loss.lambdas.max()) <= hi + 1e-6
+    # the bounds come from the formula (0 <= KL(p || uniform) <= log k), not from the clamp: on raw
+    # logits, near-uniform margins keep lambda at lambda0 and one-hot margins drive it to the lower bound
+    raw = L.ALDRKLLoss(n_samples=64, lambda0=2.0, alpha=1.5, normalize=False)
+    raw(torch.randn(64, 10) * 1e-3, torch.randint(0, 10, (64,)), sample_ids=torch.arange(64))
+    assert raw.lambdas.min().item() == pytest.approx(hi, rel=1e-2)
+    raw(torch.randn(64, 10) * 1e6, torch.randint(0, 10, (64,)), sample_ids=torch.arange(64))
+    assert raw.lambdas.max().item() == pytest.approx(lo, rel=1e-4)
 
 
 def test_aldr_kl_lambda_is_detached():

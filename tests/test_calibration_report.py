@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from trustlab.report import write_summary_html
 from trustlab.calibration import report as rp
 from trustlab.calibration.experiment import MainTables
 from trustlab.stats import Claim
@@ -141,7 +142,7 @@ def test_summary_html_embeds_tables_and_figures(tmp_path):
     from trustlab.plotting import save_figure
 
     png = save_figure(rp.plot_reliability_grid(_main_tables().bins, "ce"), tmp_path / "f.png")
-    out = rp.write_summary_html(tmp_path / "s.html", "t <x>", [("Claims", rp.claims_frame([_claim()])),
+    out = write_summary_html(tmp_path / "s.html", "t <x>", [("Claims", rp.claims_frame([_claim()])),
                                                              ("fig", png), ("Notes", "a < b")])
     text = out.read_text()
     assert "<table" in text and "X beats Y" in text and "data:image/png;base64," in text
@@ -151,7 +152,7 @@ def test_summary_html_embeds_tables_and_figures(tmp_path):
 def test_run_logger_names_runs_without_wandb():
     log = rp.RunLogger("main", enabled=False)
     log("ce", 3, {"acc": 0.5})
-    assert log.names == ["main-ce-s3"]
+    assert log.names == ["main-ce-seed3"]
 
 
 def test_hparams_table_blanks_missing_parameters():

@@ -134,6 +134,17 @@ def test_records_have_schema_and_plain_text(gen_dirs):
     assert len(ids) == len(set(ids))
     tok = WordTokenizer.fit(texts)
     assert all(tok.decode(tok.encode(t)) == t for t in texts)
+    # the base model's own tokenizer: prompts and biographies round-trip as they are, answers in
+    # the form the model reads and writes them (space-prefixed after <sep>, as the biographies
+    # carry the same values)
+    from trustlab.lm.base_model import BaseModelConfig, fit_tokenizer
+
+    model_tok = fit_tokenizer(d, BaseModelConfig())
+    answers = [r["answer"] for rows in recs.values() for r in rows]
+    prompts = [r["prompt"] for rows in recs.values() for r in rows] + [b["text"] for b in bios]
+    assert all(model_tok.decode(model_tok.encode(t)) == t for t in prompts)
+    assert all(model_tok.decode(model_tok.encode_answer(a)) == " " + a for a in answers if a)
+    assert model_tok.unk_id not in {i for a in answers for i in model_tok.encode_answer(a)}
 
 
 # -- world ------------------------------------------------------------------------------

@@ -271,10 +271,16 @@ def test_score_cannot_read_labels(fit_test):
     assert test.labels() is test.is_error  # the original is untouched
 
 
-def test_out_of_fold_scores_and_per_layer_auroc(fit_test):
+def test_out_of_fold_scores_and_per_layer_auroc(fit_test, monkeypatch):
     fit, test = fit_test
-    u = E.out_of_fold_scores("linear_probe", fit, n_folds=3)
+    u = E.out_of_fold_scores("linear_probe", fit, oof_folds=3)
     assert u.shape == (fit.n,) and np.isfinite(u).all()
+    # the estimator's own n_folds / seed (configured in detector_params) reach every refit
+    seen, real = [], E.build_estimator
+    monkeypatch.setattr(E, "build_estimator", lambda name, **kw: seen.append(kw) or real(name, **kw))
+    E.out_of_fold_scores("linear_probe", fit, oof_folds=2, n_folds=4, seed=3)
+    assert len(seen) == 3 and all(kw["n_folds"] == 4 and kw["seed"] == 3 for kw in seen)
+    monkeypatch.undo()
     assert np.array_equal(E.out_of_fold_scores("msp", fit), E.build_estimator("msp").score(fit))
     rows = E.per_layer_auroc(fit, test, method="linear_probe")
     assert [r["layer"] for r in rows] == list(range(fit.n_layers))

@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 
+from trustlab.report import write_summary_html
 from trustlab.config import ConfigError
 from trustlab.detection import experiment as ex
 from trustlab.detection import metrics as M
@@ -284,7 +285,7 @@ def test_write_outputs(tmp_path, cfg, stats, dets):
     assert h["claims_total"] == 4
     for name in ("detectors", "cost", "claims"):
         assert (tmp_path / "plots" / f"{name}.csv").exists()
-    html = ex.write_summary_html(tmp_path / "s.html", "t", [("Claims", tables["claims"]), ("Text", "a <b>")])
+    html = write_summary_html(tmp_path / "s.html", "t", [("Claims", tables["claims"]), ("Text", "a <b>")])
     assert "&lt;b&gt;" in html.read_text()
 
 
@@ -294,7 +295,7 @@ def test_log_runs_one_run_per_model(cfg, stats, dets, monkeypatch):
     table = ex.detector_table(cfg, stats, dets)
     claims = ex.make_claims(cfg, stats, dets)
     names = ex.log_runs(cfg, runs, {"detectors": table}, {}, claims, profile="smoke")
-    assert names == ["base-s0", "sft-s0"]
+    assert names == ["base-seed0", "sft-seed0", "error_detection-summary"]
 
 
 def test_within_task_table_uses_the_claims_tasks(cfg, stats, dets):

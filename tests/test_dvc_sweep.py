@@ -80,7 +80,7 @@ def test_queued_sweep_runs_in_parallel_and_is_compared(repo_copy):
             for rev in exp.get("revs", []):
                 data = rev.get("data") or {}
                 if rev.get("name") in ("seed1", "seed2"):
-                    metrics = data["metrics"]["reports/00_data/metrics.json"]["data"]
+                    metrics = data["metrics"]["reports/00_data/headline.json"]["data"]
                     exps[rev["name"]] = (data["params"]["params.yaml"]["data"]["data"]["seed"], metrics)
     assert set(exps) == {"seed1", "seed2"}, shown
     assert exps["seed1"][0] == 1 and exps["seed2"][0] == 2

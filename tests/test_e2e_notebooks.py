@@ -23,18 +23,9 @@ def _headings(py: Path) -> list[str]:
     return [m.group(1).strip() for c in nb.cells if c.cell_type == "markdown" for m in re.finditer(r"^#{1,2} (.+)$", c.source, re.M)]
 
 
-def run_notebook(name: str, reports: Path, data: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(ROOT / "pipelines" / "run_notebook.py"), name, "--profile", "smoke",
-         "--reports-dir", str(reports), "--data-dir", str(data), "--timeout", "600"],
-        capture_output=True, text=True, cwd=ROOT, timeout=900,
-    )
-
-
 @pytest.mark.parametrize("name", list(NOTEBOOKS))
-def test_notebook_runs_under_smoke_and_renders(name, smoke_data_dir, tmp_path):
-    reports = tmp_path / "reports" / name
-    proc = run_notebook(name, reports, smoke_data_dir)
+def test_notebook_runs_under_smoke_and_renders(name, executed_report):
+    reports, proc = executed_report(name)
     assert proc.returncode == 0, proc.stderr[-4000:]
     html = (reports / "index.html").read_text()
     for heading in _headings(ROOT / "notebooks" / f"{name}.py"):

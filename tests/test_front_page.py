@@ -182,6 +182,7 @@ def test_profile_mismatch_is_flagged(reports, tmp_path):
 
 
 def test_provenance_lock_params_manifests_versions_and_wall_times(reports, tmp_path):
+    make_stage(reports, "01_base_model", figures=(), wall_time_s=9.0, headline={"stage_seconds": 219.0})
     lock = tmp_path / "dvc.lock"
     lock.write_text(
         "schema: '2.0'\nstages:\n  data:\n    cmd: python gen.py\n    deps:\n    - path: gen.py\n      md5: aaa\n"
@@ -208,7 +209,9 @@ def test_provenance_lock_params_manifests_versions_and_wall_times(reports, tmp_p
     assert frontpage.params_digests(_params())["all"] in html
     wall = html[html.index('id="wall-times-table"') :]
     wall = wall[: wall.index("</table>")]
-    assert "61.0 s" in wall and "2.2 min" in wall and "3.0 s" in wall and "3.2 min" in wall  # total 194 s
+    assert "61.0 s" in wall and "2.2 min" in wall and "3.0 s" in wall and "9.0 s" in wall
+    assert "base_model (pretraining)" in wall and "3.6 min" in wall  # the pretraining, from its report
+    assert "7.0 min" in wall  # total 61 + 130 + 3 + 9 + 219 = 422 s
 
 
 def test_lock_digest_and_params_digest_track_changes(tmp_path):
@@ -262,7 +265,7 @@ def test_number_formatting():
 def test_claims_text_table(reports, tmp_path):
     text = frontpage.claims_as_text(_page(tmp_path).claims)
     lines = text.splitlines()
-    assert lines[0].split() == ["family", "claim", "metric", "effect", "[95%", "CI]", "seeds", "verdict"]
+    assert lines[0].split() == ["family", "claim", "paper", "metric", "effect", "[95%", "CI]", "seeds", "verdict"]
     assert "-0.0123 [-0.02, -0.004]" in lines[1] and lines[1].endswith("supported")
 
 
@@ -330,3 +333,27 @@ def test_cli_as_a_subprocess_like_the_dvc_stage(reports, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("front page: ") and "claims" in proc.stdout
+
+
+def test_dirty_flag_ignores_what_the_pipeline_writes(tmp_path, monkeypatch):
+    """A repro from a clean commit rewrites dvc.lock and reports/: the tree still counts as clean."""
+    import subprocess
+
+    from trustlab import provenance
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    (tmp_path / "reports").mkdir()
+    for name in ("dvc.lock", "reports/metrics.json", "params.yaml"):
+        (tmp_path / name).write_text("a\n")
+    git("init", "-q")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    monkeypatch.setenv("TRUSTLAB_ROOT", str(tmp_path))
+    assert provenance.git_dirty() is False
+    (tmp_path / "dvc.lock").write_text("b\n")
+    (tmp_path / "reports" / "metrics.json").write_text("b\n")
+    assert provenance.git_dirty() is False
+    (tmp_path / "params.yaml").write_text("b\n")
+    assert provenance.git_dirty() is True

@@ -247,3 +247,36 @@ def test_tiny_backend_and_model_errors(data_dir, tmp_path, monkeypatch):
         load_model_and_tokenizer({"backend": "hf", "name_or_path": "no-such-org/no-such-model"}, tmp_path)
     with pytest.raises(ConfigError, match="absolute path that does not exist"):
         load_model_and_tokenizer({"backend": "hf", "name_or_path": str(tmp_path / "missing")})
+
+
+def test_the_families_study_the_model_of_the_model_section(data_dir):
+    """NoiseFiT, the LM part of calibration and error detection take ``model.backend: hf``:
+    each loads the transformers model (with LoRA) instead of the tiny checkpoint, and needs no
+    tiny checkpoint for it; with the tiny default a missing checkpoint still names its stage."""
+    from trustlab.calibration import lm as lmcal
+    from trustlab.detection import experiment as dex
+    from trustlab.detection.config import ErrorDetectionConfig
+    from trustlab.model_config import ModelConfig
+    from trustlab.noisefit import experiment as nex
+    from trustlab.noisefit.config import NoiseFitConfig
+
+    cfg = ModelConfig.from_dict({"backend": "hf", "name_or_path": "hf/llama", "chat_template": "none",
+                                 "lora": {"enabled": True}})  # fmt: skip
+    model, tok, source = nex.load_base(NoiseFitConfig(), data_dir, model_cfg=cfg)
+    assert isinstance(model, HFCausalLM) and source == "hf/llama"
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)
+    assert lmcal.require_lm(data_dir, None, cfg) == "hf/llama"
+    lm_model, lm_tok = lmcal.load_lm(data_dir, None, cfg)
+    records = [{"task": "context_copy", "id": f"c{i}", "prompt": f"what is {i} plus 1 ?", "answer": str(i + 1)}
+               for i in range(3)]  # fmt: skip
+    answers = lmcal.collect_answers(lm_model, lm_tok, records, max_new_tokens=3, batch_size=2)
+    assert len(answers.responses) == 3 and answers.gold is not None and answers.logprob_gap < 1e-4
+    dirs = dex.check_models(ErrorDetectionConfig.from_dict({"models": []}), data_dir, cfg)
+    assert dirs == {"base": "hf/llama"}
+    studied, _ = dex.load_studied_model(dirs, data_dir, cfg)
+    assert isinstance(studied, HFCausalLM) and len(decoder_blocks(studied)) == 2
+    with pytest.raises(FileNotFoundError, match="base_model"):
+        nex.load_base(NoiseFitConfig(), data_dir, model_cfg=ModelConfig())
+    with pytest.raises(FileNotFoundError, match="base_model"):
+        dex.check_models(ErrorDetectionConfig.from_dict({"models": []}), data_dir, ModelConfig())

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from trustlab.report import write_summary_html
 from trustlab.config import ConfigError
 from trustlab.data.config import WorldConfig
 from trustlab.data.world import generate_world
@@ -132,7 +133,7 @@ def test_run_experiment_end_to_end(data_dir, tmp_path):
             "step_time": ex.plot_step_time(res)}  # fmt: skip
     assert all(f.axes for f in figs.values())
     sections = [("claims", ex.claims_frame(claims)), ("snr", figs["snr"])]
-    html = ex.write_summary_html(tmp_path / "summary.html", "t", sections)
+    html = write_summary_html(tmp_path / "summary.html", "t", sections)
     assert "data:image/png;base64," in html.read_text()
     ex.log_summary(res, claims, figs, html_path=html)
     steps = ex.step_time_table(res)
@@ -192,9 +193,9 @@ def test_wandb_logging_keys(data_dir, monkeypatch):
                     log_every=1, steps=3)  # fmt: skip
     ex.run_experiment(cfg, data_dir, track=True, log=None)
     by_name = {name: (family, job, run) for family, job, name, run in runs}
-    assert set(by_name) == {"sft-s0", "rdrop-s0", "noisefit_largest-s0"}
+    assert set(by_name) == {"sft-seed0", "rdrop-seed0", "noisefit_largest-seed0"}
     assert all(f == "noisefit" and j == "finetune" for f, j, _ in by_name.values())
-    nf = by_name["noisefit_largest-s0"][2]
+    nf = by_name["noisefit_largest-seed0"][2]
     logged = set().union(*[set(h) for h in nf.history])
     assert {"noisefit/ce", "noisefit/soft", "noisefit/consistency", "noisefit/total"} <= logged
     assert [h["_step"] for h in nf.history] == [1, 2, 3]
@@ -203,10 +204,10 @@ def test_wandb_logging_keys(data_dir, monkeypatch):
     assert {"noisefit/snr/layer_0", "noisefit/snr/layer_1", "noisefit/snr/layer_2"} <= set(summary)
     assert sum(r["selected"] for r in nf.tables["noisefit/snr"]) == 2
     assert "eval/halluc_qa_heldout" in summary and summary["noisefit/step_ratio"] > 1.2
-    sft = by_name["sft-s0"][2]
+    sft = by_name["sft-seed0"][2]
     assert {"noisefit/ce", "noisefit/total"} <= set(sft.history[0])
     assert "noisefit/selected_layers" not in sft.summary_data
-    assert "noisefit/consistency" in by_name["rdrop-s0"][2].history[0]  # R-Drop's symmetric KL
+    assert "noisefit/consistency" in by_name["rdrop-seed0"][2].history[0]  # R-Drop's symmetric KL
 
 
 def test_a_hugging_face_model_plugs_in(data_dir, tmp_path):
@@ -230,7 +231,7 @@ def test_a_hugging_face_model_plugs_in(data_dir, tmp_path):
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the base is not modified
     saved = out_dir / "models" / "noisefit" / "noisefit_largest"
     assert (saved / "config.json").exists() and (saved / "tokenizer.json").exists()
-    meta = json.loads((saved / "noisefit.json").read_text())
+    meta = json.loads((saved / "trustlab.json").read_text())["metadata"]
     assert meta["variant"] == "noisefit_largest" and meta["base_model"] == "tiny-gpt2"
     reloaded = transformers.GPT2LMHeadModel.from_pretrained(saved)
     assert sum(p.numel() for p in reloaded.parameters()) == sum(p.numel() for p in model.hf.parameters())

@@ -87,6 +87,22 @@ def test_gpu_profile_fails_early_on_this_machine(root):
         assert "downloads are off (model.local_files_only = true)" in text
 
 
+@pytest.mark.skipif(_cuda_available(), reason="this machine has CUDA: the gpu profile may run here")
+@pytest.mark.parametrize("notebook", ["noisefit", "error_detection", "calibration"])
+def test_runner_stops_the_gpu_profile_before_a_kernel_starts(root, tmp_path, notebook):
+    """`dvc exp run -S profile=gpu` on this machine: each LM stage exits 2 within its first
+    second with the environment check's message, and writes nothing."""
+    reports = tmp_path / "reports"
+    proc = subprocess.run(
+        [sys.executable, str(root / "pipelines" / "run_notebook.py"), notebook, "--profile", "gpu",
+         "--reports-dir", str(reports), "--data-dir", str(tmp_path / "data")],
+        capture_output=True, text=True, cwd=root, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "profile 'gpu' cannot run on this machine:" in proc.stderr and "need CUDA" in proc.stderr
+    assert "Traceback" not in proc.stderr and not reports.exists()
+
+
 @pytest.fixture
 def fake_gpus(monkeypatch):
     """Pretend this machine has CUDA with ``n`` GPUs (only the environment check is fooled)."""

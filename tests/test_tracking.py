@@ -25,6 +25,25 @@ def test_mode_resolution(monkeypatch):
         tracking.resolve_mode()
 
 
+def test_mode_and_entity_come_from_params_yaml(monkeypatch, tmp_path):
+    """Every stage honours ``tracking.mode`` in params.yaml without passing it; the environment wins."""
+    monkeypatch.delenv("TRUSTLAB_WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("TRUSTLAB_PROFILE", raising=False)
+    monkeypatch.setenv("TRUSTLAB_ROOT", str(tmp_path))
+    (tmp_path / "params.yaml").write_text("profile: cpu\ntracking: {mode: online, entity: my-lab}\n")
+    assert tracking.resolve_mode() == "online"
+    assert tracking.tracking_params() == {"mode": "online", "entity": "my-lab"}
+    (tmp_path / "params.yaml").write_text("profile: cpu\ntracking: {mode: disabled}\n")
+    assert tracking.resolve_mode() == "disabled"
+    monkeypatch.setenv("TRUSTLAB_WANDB_MODE", "offline")
+    assert tracking.resolve_mode() == "offline"
+    (tmp_path / "params.yaml").write_text("profile: cpu\ntracking: {mode: sometimes}\n")
+    monkeypatch.delenv("TRUSTLAB_WANDB_MODE")
+    with pytest.raises(Exception, match="tracking.mode = 'sometimes' is not allowed"):
+        tracking.resolve_mode()
+
+
 def test_offline_run_writes_run_dir_with_summary(wandb_tmp):
     with tracking.start_run("calibration", "train", "ce-seed0", config={"lr": 0.1}) as run:
         run.log({"loss": 1.0}, step=0)

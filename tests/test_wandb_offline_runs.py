@@ -138,6 +138,7 @@ def test_smoke_notebook_offline_runs_hold_summary_and_tables(tmp_path_factory):
     train = [r for r in runs if r["job_type"] == "train"]
     assert train and all("seed" in r["name"] for r in train), [r["name"] for r in train]
     (summary,) = [r for r in runs if r["job_type"] == "summary"]
+    assert summary["name"] == f"{SMOKE_FAMILY}-summary" and "summary" in summary["tags"]
     s = summary["summary"]
     for table in ("claims", "perplexity", "head_bins"):
         got = read_table(summary["dir"], s, table)

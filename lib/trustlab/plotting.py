@@ -35,3 +35,24 @@ def save_figure(fig: "matplotlib.figure.Figure", path: str | os.PathLike) -> Pat
     buf = _io.BytesIO()
     fig.savefig(buf, format="png", bbox_inches="tight")
     return atomic_write_bytes(path, buf.getvalue())
+
+
+class NotebookFigures(dict):
+    """The figures a notebook shows, by name. ``show(fig, name)`` saves ``fig`` as
+    ``<directory>/<name>.png`` (atomically), keeps it here for the W&B summary run and displays
+    it inline; ``None`` (a plot with nothing to draw) is skipped."""
+
+    def __init__(self, directory: str | os.PathLike):
+        super().__init__()
+        self.directory = Path(directory)
+
+    def path(self, name: str) -> Path:
+        return self.directory / f"{name}.png"
+
+    def show(self, fig, name: str):
+        if fig is None:
+            return None
+        save_figure(fig, self.path(name))
+        self[name] = fig
+        plt.show()
+        return fig

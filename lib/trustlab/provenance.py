@@ -29,9 +29,15 @@ def git_commit() -> str:
     return _git("rev-parse", "HEAD") or "unknown"
 
 
+# What the pipeline itself rewrites while it runs: a repro from a clean commit is still clean.
+PIPELINE_WRITTEN = ("dvc.lock", "reports")
+
+
 def git_dirty() -> bool | None:
-    """Whether tracked files differ from HEAD (``None`` when git is unavailable)."""
-    out = _git("status", "--porcelain", "--untracked-files=no")
+    """Whether tracked files other than the pipeline's own outputs (``PIPELINE_WRITTEN``) differ
+    from HEAD (``None`` when git is unavailable)."""
+    excludes = [f":(exclude){p}" for p in PIPELINE_WRITTEN]
+    out = _git("status", "--porcelain", "--untracked-files=no", "--", ".", *excludes)
     return None if out is None else bool(out)
 
 

@@ -57,3 +57,40 @@ def render_html(notebook_path: str | os.PathLike, html_path: str | os.PathLike, 
     resources = {"metadata": {"name": title or Path(notebook_path).stem}}
     body, _ = exporter.from_notebook_node(nb, resources=resources)
     return atomic_write_text(html_path, strip_remote_assets(body))
+
+
+SUMMARY_STYLE = (
+    "body{font-family:sans-serif;max-width:1200px;margin:auto}table{border-collapse:collapse;"
+    "font-size:12px}td,th{border:1px solid #ccc;padding:2px 6px}img{max-width:100%}"
+)
+
+
+def write_summary_html(path: str | os.PathLike, title: str, sections) -> Path:
+    """A self-contained HTML page (nothing loaded from the network), written atomically: one
+    ``<h2>`` per ``(heading, body)`` of ``sections``, whose body is a DataFrame (a table), a
+    matplotlib figure or a PNG path (embedded as base64; a missing file is skipped) or text
+    (escaped, one paragraph per line). The families log it to their W&B summary runs."""
+    import base64
+    import html
+    import io as _io
+
+    def img(png: bytes, alt: str) -> str:
+        return f"<img src='data:image/png;base64,{base64.b64encode(png).decode()}' alt='{html.escape(alt)}'>"
+
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+             f"<style>{SUMMARY_STYLE}</style></head><body>", f"<h1>{html.escape(title)}</h1>"]  # fmt: skip
+    for heading, body in sections:
+        parts.append(f"<h2>{html.escape(heading)}</h2>")
+        if hasattr(body, "to_html"):
+            parts.append(body.to_html(index=False, float_format=lambda x: f"{x:.4g}", na_rep=""))
+        elif hasattr(body, "savefig"):
+            buf = _io.BytesIO()
+            body.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+            parts.append(img(buf.getvalue(), heading))
+        elif isinstance(body, Path):
+            if body.exists():
+                parts.append(img(body.read_bytes(), heading))
+        else:
+            parts += [f"<p>{html.escape(line)}</p>" for line in str(body).splitlines() if line.strip()]
+    parts.append("</body></html>")
+    return atomic_write_text(path, "\n".join(parts))

@@ -37,10 +37,26 @@ log = logging.getLogger(__name__)
 _warned = False
 
 
+def tracking_params() -> dict[str, Any]:
+    """The validated ``tracking:`` section of ``params.yaml`` (+ profile); the defaults when
+    there is no params file (the library used outside the repository)."""
+    from trustlab.config import load_params
+    from trustlab.tracking_config import TrackingConfig
+
+    try:
+        params = load_params()
+    except FileNotFoundError:
+        params = {}
+    return TrackingConfig.from_dict(params.get("tracking") or {}, where="tracking").to_dict()
+
+
 def resolve_mode(mode: str | None = None) -> str:
-    """The environment (``$TRUSTLAB_WANDB_MODE``, then ``$WANDB_MODE``) wins over ``mode`` from
-    params, so a test or a user's shell can switch tracking without editing params; default offline."""
-    chosen = os.environ.get(MODE_ENV) or os.environ.get("WANDB_MODE") or mode or "offline"
+    """The environment (``$TRUSTLAB_WANDB_MODE``, then ``$WANDB_MODE``) wins over ``mode``,
+    so a test or a user's shell can switch tracking without editing params; ``mode`` None reads
+    ``tracking.mode`` from ``params.yaml`` (default offline)."""
+    chosen = os.environ.get(MODE_ENV) or os.environ.get("WANDB_MODE") or mode
+    if not chosen:
+        chosen = tracking_params()["mode"]
     if chosen == "dryrun":
         chosen = "offline"
     if chosen not in MODES:
@@ -215,6 +231,8 @@ def _init_wandb(mode: str, **kwargs: Any) -> Any:
     )
     directory = wandb_dir()
     (directory / "wandb").mkdir(parents=True, exist_ok=True)
+    if mode == "online" and "entity" not in kwargs and not os.environ.get("WANDB_ENTITY"):
+        kwargs["entity"] = tracking_params()["entity"]  # None: the logged-in user's default entity
     return wandb.init(project=PROJECT, mode=mode, dir=str(directory), settings=settings, reinit="create_new", **kwargs)
 
 

@@ -230,8 +230,9 @@ def evaluate(model, ids, batch_size: int = 32) -> dict[str, Any]:
 
 
 def _run_name(variant: str, seed: int, gamma: float | None, cfg: EntropyAttentionConfig) -> str:
-    name = f"{variant}-seed{seed}"
-    return name if gamma is None or gamma == cfg.gamma else f"{name}-gamma{gamma:g}"
+    from trustlab.tracking import run_name
+
+    return run_name(variant, seed) if gamma is None or gamma == cfg.gamma else run_name(variant, seed, gamma=f"{gamma:g}")
 
 
 def train_run(
@@ -790,7 +791,8 @@ def log_summary(results: Results, tables: dict[str, Any], figures: dict[str, Any
     """The W&B summary run: the tables (``log_table``) and figures."""
     from trustlab.tracking import start_run
 
-    with start_run(family=FAMILY, job_type="summary", name="summary", config=config or results.config) as run:
+    with start_run(family=FAMILY, job_type="summary", name=f"{FAMILY}-summary", config=config or results.config,
+                   tags=["summary"]) as run:
         for name, df in tables.items():
             run.log_table(name, df)
         for name, fig in figures.items():
@@ -1057,8 +1059,10 @@ def findings(results: Results, claims: list, overhead: dict | None = None) -> st
     n_div = sum(r.status != "ok" for r in results.runs + results.sweep)
     out.append(f"Diverged or failed runs: {n_div} of {len(results.runs) + len(results.sweep)}.")
     if overhead:
+        target = "within" if overhead["amortised_ratio"] <= 1.5 else "above"
         out.append(f"Entropy measurement: every step would cost {overhead['every_step_ratio']:.2f}x the fast path; "
-                   f"measuring only every {overhead['log_every']} steps costs {overhead['amortised_ratio']:.3f}x.")
+                   f"measuring only every {overhead['log_every']} steps costs {overhead['amortised_ratio']:.3f}x, "
+                   f"{target} the 1.5x budget.")
     verdicts = {}
     for cl in claims:
         verdicts.setdefault(cl.verdict, 0)

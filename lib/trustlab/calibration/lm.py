@@ -73,10 +73,12 @@ __all__ = [
     "collect_answers",
     "continuation_logits",
     "fit_temperature",
+    "load_lm",
     "lm_claim",
     "method_name",
     "parse_pool",
     "require_base_model",
+    "require_lm",
     "run_lm_calibration",
     "sample_items",
     "split_val_test",
@@ -123,6 +125,28 @@ def require_base_model(data_dir: str | os.PathLike, model_dir: str | os.PathLike
             f"or set calibration.lm.enabled: false"
         )
     return path
+
+
+def require_lm(data_dir: str | os.PathLike, model_dir: str | os.PathLike | None = None, model_cfg=None) -> str:
+    """What the LM section will load, checked before any work: the ``model:`` section's
+    transformers model when ``model_cfg.backend`` is ``hf``, else our GPT directory
+    (:func:`require_base_model`)."""
+    if model_cfg is not None and model_cfg.backend == "hf":
+        return str(model_cfg.name_or_path)
+    return str(require_base_model(data_dir, model_dir))
+
+
+def load_lm(data_dir: str | os.PathLike, model_dir: str | os.PathLike | None = None, model_cfg=None):
+    """``(model, tokenizer)`` of the language model to calibrate: the ``model:`` section's
+    transformers model (``backend: hf``, through ``trustlab.lm.loading``), else our GPT from
+    ``model_dir`` (default ``<data_dir>/models/base``)."""
+    if model_cfg is not None and model_cfg.backend == "hf":
+        from trustlab.lm.loading import load_model_and_tokenizer
+
+        return load_model_and_tokenizer(model_cfg, data_dir)
+    from trustlab.lm.checkpoint import load_pretrained
+
+    return load_pretrained(require_base_model(data_dir, model_dir))
 
 
 def sample_items(generated_dir: str | os.PathLike, pools: Sequence[str], n_items: int | None,
@@ -299,7 +323,7 @@ def collect_answers(model, tokenizer, records: Sequence[dict[str, Any]], *, max_
     gap = float(np.abs(recomputed - reference).max()) if len(reference) else 0.0
     gold = None
     if with_gold:
-        gold_ids = [list(tokenizer.encode(r["answer"])) + [tokenizer.eos_id] for r in records]
+        gold_ids = [list(tokenizer.encode_answer(r["answer"])) + [tokenizer.eos_id] for r in records]
         gold = TokenLogits.from_rows(continuation_logits(model, gen.prompt_ids, gold_ids, tokenizer.pad_id,
                                                          batch_size), gold_ids)
     return LMAnswers(list(records), list(gen.texts), correct, list(gen.finish_reasons), greedy, gold, gap,

@@ -8,8 +8,6 @@ shift severity, reliability diagrams, the headline numbers of ``metrics.json``, 
 
 from __future__ import annotations
 
-import base64
-import html
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -45,7 +43,6 @@ __all__ = [
     "severity_frame",
     "soft_label_table",
     "write_outputs",
-    "write_summary_html",
 ]
 
 MAIN_METRICS = ("acc", "nll", "ece", "ada_ece", "cw_ece", "brier", "aurc")
@@ -431,26 +428,6 @@ def write_outputs(reports_dir: str | os.PathLike, tables: Mapping[str, Any], cla
     return metrics
 
 
-def write_summary_html(path: str | os.PathLike, title: str, sections: Sequence[tuple[str, Any]]) -> Path:
-    """A self-contained HTML page: one ``<h2>`` per section, whose body is a DataFrame (a
-    table), a PNG path (embedded as base64) or a string (escaped, shown as a paragraph)."""
-    from trustlab.io import atomic_write_text
-
-    style = ("body{font-family:sans-serif;max-width:1200px;margin:auto}table{border-collapse:collapse;"
-             "font-size:12px}td,th{border:1px solid #ccc;padding:2px 6px}img{max-width:100%}")
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
-             f"<style>{style}</style></head><body>", f"<h1>{html.escape(title)}</h1>"]
-    for heading, body in sections:
-        parts.append(f"<h2>{html.escape(heading)}</h2>")
-        if isinstance(body, pd.DataFrame):
-            parts.append(body.to_html(index=False, float_format=lambda x: f"{x:.4g}", na_rep=""))
-        elif isinstance(body, Path):
-            data = base64.b64encode(body.read_bytes()).decode()
-            parts.append(f"<img src='data:image/png;base64,{data}' alt='{html.escape(heading)}'>")
-        else:
-            parts += [f"<p>{html.escape(line)}</p>" for line in str(body).splitlines() if line.strip()]
-    parts.append("</body></html>")
-    return atomic_write_text(path, "\n".join(parts))
 
 
 # -- W&B -----------------------------------------------------------------------------------------
@@ -471,7 +448,9 @@ class RunLogger:
     def __call__(self, name: str, seed: int, metrics: Mapping[str, Any]) -> None:
         from trustlab.tracking import start_run
 
-        run_name = f"{self.job_type}-{name}-s{seed}"
+        from trustlab.tracking import run_name as convention
+
+        run_name = convention(f"{self.job_type}-{name}", seed)
         self.names.append(run_name)
         if not self.enabled:
             return

@@ -41,6 +41,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -256,20 +257,43 @@ DECODING_DEFAULTS: dict[str, Any] = {
 
 def model_fingerprint(model: Any) -> str:
     """sha256 over the model's parameters and buffers (names, shapes, bytes)."""
+    import torch
+
     h = hashlib.sha256()
     for name, t in sorted(model.state_dict().items()):
         h.update(name.encode())
         h.update(str(tuple(t.shape)).encode())
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+        t = t.detach().cpu().contiguous()
+        if t.dtype == torch.bfloat16:  # no numpy dtype; bfloat16 -> float32 is exact
+            t = t.float()
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()
+
+
+# The code that turns a model's outputs into stored statistics: labels (checkers), answer spans,
+# pooling, generation. A change to any of them invalidates stored statistics.
+STATS_CODE = ("trustlab.data.checkers", "trustlab.detection.collect", "trustlab.detection.statistics",
+              "trustlab.lm.generation")  # fmt: skip
+
+
+def code_digest(modules: Sequence[str] = STATS_CODE) -> str:
+    """sha256 over the source files of ``modules``."""
+    import importlib
+
+    h = hashlib.sha256()
+    for name in modules:
+        h.update(Path(importlib.import_module(name).__file__).read_bytes())
     return h.hexdigest()
 
 
 def stats_fingerprint(
     model_sha: str, records: Sequence[Mapping[str, Any]], split: Sequence[str], settings: Mapping[str, Any]
 ) -> str:
-    """Identifies one statistics computation: model weights, prompts, split, decoding settings."""
+    """Identifies one statistics computation: model weights, prompts, split, decoding settings
+    and the code that computes the statistics (:func:`code_digest`)."""
     blob = json.dumps(
         {
+            "code": code_digest(),
             "model": model_sha,
             "ids": [r["id"] for r in records],
             "prompts": [r["prompt"] for r in records],

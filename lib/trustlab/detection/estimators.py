@@ -896,18 +896,20 @@ def describe_estimators() -> list[dict[str, Any]]:
 
 
 def out_of_fold_scores(
-    name: str, stats_fit: GenerationStats, *, span: str = "answer", n_folds: int = 5, seed: int = 0, **kwargs: Any
+    name: str, stats_fit: GenerationStats, *, span: str = "answer", oof_folds: int = 5, oof_seed: int = 0,
+    **kwargs: Any,
 ) -> np.ndarray:
     """Honest u for the fit split: unfitted detectors score directly; fitted ones are refitted
-    ``n_folds`` times (stratified by label) and each fold is scored by a model that did not see
-    it. Use these to choose thresholds on the fit split."""
+    ``oof_folds`` times (stratified by label, shuffled with ``oof_seed``) and each fold is scored
+    by a model that did not see it. Use these to choose thresholds on the fit split. ``kwargs``
+    go to the estimator unchanged (its own ``n_folds``/``seed``, e.g. Lee's cross-fitting)."""
     est = build_estimator(name, span=span, **kwargs)
     if not est.needs_fit:
         return est.score(stats_fit)
     y = stats_fit.labels().astype(int)
-    n_folds = max(2, min(n_folds, int(np.bincount(y, minlength=2).min())))
+    n_folds = max(2, min(oof_folds, int(np.bincount(y, minlength=2).min())))
     u = np.zeros(stats_fit.n)
-    for train, held in _folds(y, n_folds, seed):
+    for train, held in _folds(y, n_folds, oof_seed):
         u[held] = build_estimator(name, span=span, **kwargs).fit(stats_fit.subset(train)).score(stats_fit.subset(held))
     return u
 

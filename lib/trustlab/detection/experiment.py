@@ -17,8 +17,8 @@ in ``error_detection.models``):
    :func:`injected_table`, :func:`model_table` (part 4), :func:`make_claims` (the issue's four
    claims; effect + paired-bootstrap 95% CI + verdict).
 4. Outputs: :func:`write_outputs` (``metrics.json`` + ``plots/*.csv``), figures
-   (``plot_*``), :func:`log_runs` (one W&B run per model in group ``error_detection``) and
-   :func:`write_summary_html`.
+   (``plot_*``) and :func:`log_runs` (one W&B run per model in group ``error_detection``, and
+   the summary run).
 
 Choosing "the best" detector of a group (for the claims and the F1 claim) always uses the
 *fit* split's out-of-fold AUROC, never the test labels.
@@ -26,9 +26,7 @@ Choosing "the best" detector of a group (for the claims and the F1 claim) always
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import html
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -90,14 +88,20 @@ def _is_model_dir(path: Path) -> bool:
     return (path / "config.json").is_file()
 
 
-def check_models(cfg: ErrorDetectionConfig, data_dir: str | Path | None) -> dict[str, Path]:
+def check_models(cfg: ErrorDetectionConfig, data_dir: str | Path | None, model_cfg=None) -> dict[str, Path | str]:
     """``{name: directory}`` of the studied model (``cfg.model``, named ``base``) and of each
     model in ``cfg.models`` (named by its last path component), checked to exist before any
-    work. Raises ``FileNotFoundError`` naming the stage that produces the missing model."""
+    work. Raises ``FileNotFoundError`` naming the stage that produces the missing model.
+    With ``model_cfg.backend == "hf"`` (the ``model:`` section) the studied model is that
+    transformers model instead (``base`` maps to its ``name_or_path``; the runner's
+    environment check has found it)."""
     data = resolve_data_dir(data_dir)
-    out: dict[str, Path] = {}
+    out: dict[str, Path | str] = {}
+    hf = model_cfg is not None and model_cfg.backend == "hf"
     base = model_path(data, cfg.model)
-    if not _is_model_dir(base):
+    if hf:
+        base = str(model_cfg.name_or_path)
+    elif not _is_model_dir(base):
         raise FileNotFoundError(
             f"no model at {base} (error_detection.model = {cfg.model!r}; config.json missing). The error_detection "
             f"stage needs the '{BASE_MODEL_STAGE}' stage's output: run `dvc repro {BASE_MODEL_STAGE}` "
@@ -121,6 +125,17 @@ def check_models(cfg: ErrorDetectionConfig, data_dir: str | Path | None) -> dict
             )
         out[name] = p
     return out
+
+
+def load_studied_model(model_dirs: dict[str, Path | str], data_dir: str | Path | None, model_cfg=None):
+    """``(model, tokenizer)`` of the studied model ``model_dirs["base"]``: the ``model:``
+    section's transformers model (LoRA, chat template, dtype, device) when its backend is hf,
+    else the model directory (:func:`load_model_dir`)."""
+    if model_cfg is not None and model_cfg.backend == "hf":
+        from trustlab.lm.loading import load_model_and_tokenizer
+
+        return load_model_and_tokenizer(model_cfg, resolve_data_dir(data_dir))
+    return load_model_dir(model_dirs["base"])
 
 
 def load_model_dir(path: str | Path):
@@ -239,7 +254,7 @@ def _run_all(cfg, spans, fit, test, out, progress) -> None:
                 res.score_s = time.perf_counter() - t0
                 t0 = time.perf_counter()
                 res.u_fit = (
-                    out_of_fold_scores(name, fit, span=span, seed=cfg.seed, **kw) if est.needs_fit else est.score(fit)
+                    out_of_fold_scores(name, fit, span=span, oof_seed=cfg.seed, **kw) if est.needs_fit else est.score(fit)
                 )
                 res.oof_s = time.perf_counter() - t0
                 res.estimator = est
@@ -1026,28 +1041,6 @@ def write_outputs(
     return metrics
 
 
-def write_summary_html(path: str | Path, title: str, sections: Sequence[tuple[str, Any]]) -> Path:
-    """A self-contained HTML page: one section per (heading, DataFrame | PNG path | text)."""
-    import pandas as pd
-
-    from trustlab.io import atomic_write_text
-
-    style = ("body{font-family:sans-serif;max-width:1200px;margin:auto}table{border-collapse:collapse;"
-             "font-size:12px}td,th{border:1px solid #ccc;padding:2px 6px}img{max-width:100%}")  # fmt: skip
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
-             f"<style>{style}</style></head><body>", f"<h1>{html.escape(title)}</h1>"]  # fmt: skip
-    for heading, body in sections:
-        parts.append(f"<h2>{html.escape(heading)}</h2>")
-        if isinstance(body, pd.DataFrame):
-            parts.append(body.to_html(index=False, float_format=lambda x: f"{x:.4g}", na_rep=""))
-        elif isinstance(body, Path):
-            if body.exists():
-                data = base64.b64encode(body.read_bytes()).decode()
-                parts.append(f"<img src='data:image/png;base64,{data}' alt='{html.escape(heading)}'>")
-        else:
-            parts += [f"<p>{html.escape(line)}</p>" for line in str(body).splitlines() if line.strip()]
-    parts.append("</body></html>")
-    return atomic_write_text(path, "\n".join(parts))
 
 
 def log_runs(
@@ -1061,44 +1054,45 @@ def log_runs(
     html_path: str | Path | None = None,
     summary: Mapping[str, Any] | None = None,
 ) -> list[str]:
-    """One W&B run per model (group ``error_detection``, job type ``detect``): its detector
-    table (``wandb.Table``), error rates, ROC/PR and rejection curves (images) and summary
-    numbers; the base model's run also gets the claims, cost, per-layer, injected and
-    model-comparison tables, every figure of the stage and the HTML summary."""
+    """One W&B run per model (group ``error_detection``, job type ``detect``, named
+    ``<model>-seed<seed>``): its detector table (``wandb.Table``), error rates, ROC/PR and
+    rejection curves (images) and summary numbers. Then the family's summary run (job type
+    ``summary``): the claims, detector, cost, per-layer, injected and model-comparison tables,
+    every figure of the stage, the headline numbers and the HTML summary."""
     import matplotlib.pyplot as plt
 
-    from trustlab.tracking import start_run
+    from trustlab.tracking import run_name, start_run
 
     names = []
     for i, run in enumerate(runs):
         config = {**cfg.to_dict(), "profile": profile, "model_name": run.name, "model_path": run.path}
-        with start_run(FAMILY, "detect", f"{run.name}-s{cfg.seed}", config, tags=[run.name]) as wb:
+        with start_run(FAMILY, "detect", run_name(run.name, cfg.seed), config, tags=[run.name]) as wb:
             det = detector_table(cfg, run.stats, run.dets, per_task=False) if i else tables["detectors"]
             wb.log_table("detectors", det)
             wb.log_table("error_rates", error_rate_table(run.stats, cfg.expected_error_rate))
-            s = {"error_rate": float(run.stats.labels().mean()), **{f"timing/{k}": v for k, v in run.timing.items()}}
-            if i:
-                span = next(iter(run.dets.values())).span if run.dets else cfg.spans[0]
-                roc, pr, rej = curve_frames(run.stats, run.dets, top_keys(det, span))
-                base_rate = float(run.stats.select(split="test").labels().mean())
-                model_figs = (("roc_pr", plot_roc_pr(roc, pr, base_rate)), ("rejection_curves", plot_rejection(rej)))
-                for name, fig in model_figs:
-                    if fig is not None:
-                        wb.log_image(name, fig)
-                        plt.close(fig)
-            else:
-                wb.log_table("claims", claims_frame(claims))
-                for name in ("cost", "per_layer", "injected", "models"):
-                    df = tables.get(name)
-                    if df is not None and len(df):
-                        wb.log_table(name, df)
-                for name, fig in figures.items():
+            span = next(iter(run.dets.values())).span if run.dets else cfg.spans[0]
+            roc, pr, rej = curve_frames(run.stats, run.dets, top_keys(det, span))
+            base_rate = float(run.stats.select(split="test").labels().mean())
+            for name, fig in (("roc_pr", plot_roc_pr(roc, pr, base_rate)), ("rejection_curves", plot_rejection(rej))):
+                if fig is not None:
                     wb.log_image(name, fig)
-                s.update(dict(summary or {}))
-                if html_path is not None and Path(html_path).exists():
-                    wb.log_html("summary_html", html_path)
-            wb.summary(s)
+                    plt.close(fig)
+            wb.summary({"error_rate": float(run.stats.labels().mean()),
+                        **{f"timing/{k}": v for k, v in run.timing.items()}})  # fmt: skip
             names.append(wb.name)
+    config = {**cfg.to_dict(), "profile": profile, "models": {r.name: r.path for r in runs}}
+    with start_run(FAMILY, "summary", f"{FAMILY}-summary", config, tags=["summary"]) as wb:
+        wb.log_table("claims", claims_frame(claims))
+        for name in ("detectors", "cost", "per_layer", "injected", "models"):
+            df = tables.get(name)
+            if df is not None and len(df):
+                wb.log_table(name, df)
+        for name, fig in figures.items():
+            wb.log_image(name, fig)
+        if html_path is not None and Path(html_path).exists():
+            wb.log_html("summary_html", html_path)
+        wb.summary(dict(summary or {}))
+        names.append(wb.name)
     return names
 
 

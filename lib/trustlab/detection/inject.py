@@ -141,7 +141,7 @@ def score_injected(
         for text, wrong in ((inj.original, False), (inj.corrupted, True)):
             rid = inj.id + (INJECTED_SUFFIX if wrong else "")
             prompts.append(str(stats.prompt[i]) if stats.prompt is not None else None)
-            conts.append(tokenizer.encode(text) + ([eos] if ends_eos else []))
+            conts.append(tokenizer.encode(text) + ([eos] if ends_eos else []))  # the decoded text keeps its spacing
             row_src.append(i)
             ids.append(rid)
             texts.append(text)

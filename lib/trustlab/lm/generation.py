@@ -375,8 +375,7 @@ def score_continuations(
     C = []
     for c in continuations:
         if isinstance(c, str):
-            encode = getattr(tokenizer, "encode_answer", tokenizer.encode)  # answer spacing (tokenizer.py)
-            C.append(encode(c) + ([tokenizer.eos_id] if add_eos else []))
+            C.append(tokenizer.encode_answer(c) + ([tokenizer.eos_id] if add_eos else []))
         else:
             C.append([int(i) for i in c])
     limit = context_length(model)

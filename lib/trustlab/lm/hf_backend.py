@@ -166,6 +166,10 @@ class HFTokenizer:
     def encode(self, text: str) -> list[int]:
         return list(self.tok(text, add_special_tokens=False)["input_ids"])
 
+    def encode_answer(self, answer: str) -> list[int]:
+        """An answer's tokens as they follow the prompt (subword tokenizers carry spacing)."""
+        return self.encode(answer)
+
     def decode(self, ids, skip_special: bool = True) -> str:
         return self.tok.decode([int(i) for i in ids], skip_special_tokens=skip_special)
 
@@ -183,7 +187,7 @@ class HFTokenizer:
 
     def encode_example(self, prompt: str, answer: str) -> tuple[list[int], list[int]]:
         p = self.encode_prompt(prompt)
-        a = self.encode(answer) + ([self.eos_id] if self.eos_id is not None else [])
+        a = self.encode_answer(answer) + ([self.eos_id] if self.eos_id is not None else [])
         return p + a, [0] * len(p) + [1] * len(a)
 
     def encode_text(self, text: str) -> tuple[list[int], list[int]]:
@@ -241,5 +245,7 @@ def save_hf_model(model: HFCausalLM, directory, tokenizer: HFTokenizer | None = 
     """``save_pretrained`` of the wrapped model (a PEFT model saves its adapters only, with the
     base model's name or path) and of the tokenizer; ``load_hf_model(directory)`` reads it back."""
     model.hf.save_pretrained(str(directory))
-    if tokenizer is not None:
+    if isinstance(tokenizer, HFTokenizer):
         tokenizer.tok.save_pretrained(str(directory))
+    elif tokenizer is not None:  # one of our tokenizers driving an HF model (tests, custom vocabularies)
+        tokenizer.save(directory)

@@ -35,6 +35,8 @@ DEFAULT_VARIANTS = [
     "noisefit_largest",
     "noisefit_lowest",
     "noisefit_ce_only",
+    "noisefit_no_consistency",
+    "noisefit_no_soft",
     "noisefit_kl_only",
     "noisefit_consistency_only",
 ]
@@ -107,8 +109,8 @@ class NoiseFitConfig(Section):
     rdrop_weight: float = 1.0
 
     # fine-tuning (shared by every variant)
-    steps: int = 200
-    lr: float = 2e-3
+    steps: int = 80
+    lr: float = 2e-4
     batch_size: int = 32
     warmup_steps: int = 10
     weight_decay: float = 0.0

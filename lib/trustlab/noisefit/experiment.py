@@ -81,11 +81,20 @@ def base_model_path(cfg: NoiseFitConfig, data_dir: str | Path) -> Path:
     return _resolve(Path(data_dir), cfg.base_model)
 
 
-def load_base(cfg: NoiseFitConfig, data_dir: str | Path, base_model_dir: str | Path | None = None):
-    """-> (model, tokenizer, path) of the pretrained base model (our GPT checkpoint format).
-    A missing checkpoint is a clear error naming the ``base_model`` stage that makes it."""
+def load_base(cfg: NoiseFitConfig, data_dir: str | Path, base_model_dir: str | Path | None = None, model_cfg=None):
+    """-> (model, tokenizer, source) of the model to fine-tune.
+
+    ``model_cfg`` (the ``model:`` section) with ``backend: hf``: the transformers causal LM it
+    names, with its LoRA adapters and chat template (``trustlab.lm.loading``). Otherwise our GPT
+    checkpoint at ``base_model_dir`` or ``noisefit.base_model``; a missing checkpoint is a
+    clear error naming the ``base_model`` stage that makes it."""
     from trustlab.lm.checkpoint import CONFIG_FILE, MODEL_FILE, load_pretrained
 
+    if model_cfg is not None and model_cfg.backend == "hf":
+        from trustlab.lm.loading import load_model_and_tokenizer
+
+        model, tok = load_model_and_tokenizer(model_cfg, data_dir)
+        return model, tok, model_cfg.name_or_path
     path = Path(base_model_dir) if base_model_dir is not None else base_model_path(cfg, data_dir)
     missing = [f for f in (MODEL_FILE, CONFIG_FILE, "tokenizer.json") if not (path / f).exists()]
     if missing:
@@ -118,28 +127,15 @@ def describe_model(model) -> str:
 
 
 def export_model(model, tokenizer, out: str | Path, metadata: dict[str, Any]) -> Path:
-    """Save a fine-tuned model with its tokenizer: our GPT through ``save_model`` (weights,
-    config with ``metadata``, tokenizer); an ``HFCausalLM`` through ``save_pretrained`` plus
-    ``noisefit.json`` holding the metadata."""
-    from trustlab.io import write_json
-    from trustlab.lm.checkpoint import save_model
+    """Save a fine-tuned model with its tokenizer and ``metadata`` through the shared
+    ``trustlab.lm.loading.save_model_and_tokenizer``: our GPT as a trustlab checkpoint; an
+    ``HFCausalLM`` with ``save_pretrained`` (LoRA: the adapters), its tokenizer and prompt format."""
     from trustlab.lm.gpt import GPT
+    from trustlab.lm.loading import save_model_and_tokenizer
 
-    out = Path(out)
-    if isinstance(model, GPT):
-        return save_model(model, out, tokenizer, metadata=metadata)
-    hf = getattr(model, "hf", None)
-    if hf is None or not hasattr(hf, "save_pretrained"):
+    if not isinstance(model, GPT) and not hasattr(getattr(model, "hf", None), "save_pretrained"):
         raise TypeError(f"cannot export a {type(model).__name__}: expected our GPT or an HFCausalLM")
-    out.mkdir(parents=True, exist_ok=True)
-    hf.save_pretrained(out)
-    inner = getattr(tokenizer, "tokenizer", None)  # HFTokenizer wraps a transformers tokenizer
-    if inner is not None and hasattr(inner, "save_pretrained"):
-        inner.save_pretrained(out)
-    elif hasattr(tokenizer, "save"):
-        tokenizer.save(out)
-    write_json(out / "noisefit.json", metadata)
-    return out
+    return save_model_and_tokenizer(model, tokenizer, out, metadata=metadata)
 
 
 def finetune_pairs(world: World, *, new_facts: bool = False) -> list[tuple[str, str]]:
@@ -203,8 +199,11 @@ def finetune(
     cfg: NoiseFitConfig,
     *,
     on_log: Callable[[dict], None] | None = None,
+    trainer: dict[str, Any] | None = None,
 ) -> FinetuneResult:
-    """Fine-tune a copy of ``base_model`` with ``variant`` for ``cfg.steps`` steps."""
+    """Fine-tune a copy of ``base_model`` with ``variant`` for ``cfg.steps`` steps. ``trainer``:
+    Lightning settings for ``trustlab.lm.training.fit`` (``model.trainer.fit_kwargs()``;
+    default one CPU process)."""
     import torch
 
     from trustlab.lm.training import fit
@@ -224,6 +223,7 @@ def finetune(
         threads=cfg.threads,
         grad_clip=cfg.grad_clip or None,
         on_log=on_log,
+        **(trainer or {}),
     )
     model.eval()
     return FinetuneResult(
@@ -394,6 +394,7 @@ def run_experiment(
     base_name: str | None = None,
     track: bool = True,
     log: Callable[[str], None] | None = print,
+    trainer: dict[str, Any] | None = None,
 ) -> Results:
     """Fine-tune and evaluate every planned run; export the ``export_seed`` models of the
     default setting to ``<data_dir>/models/noisefit/<variant>/``.
@@ -402,11 +403,12 @@ def run_experiment(
     supports: our GPT, or an ``HFCausalLM`` from ``trustlab.lm.hf_backend``), otherwise the
     checkpoint at ``base_model_dir`` or ``noisefit.base_model`` (:func:`load_base`). It is
     never modified: every run fine-tunes a copy. ``base_name`` names an in-memory base model
-    in the exported models' metadata."""
+    in the exported models' metadata. ``trainer``: Lightning settings for every fine-tune
+    (:func:`finetune`)."""
     from trustlab.lm.hooks import decoder_blocks
     from trustlab.progress import progress
     from trustlab.seeding import set_threads
-    from trustlab.tracking import start_run
+    from trustlab.tracking import run_name, start_run
 
     t_start = time.perf_counter()
     data_dir = Path(data_dir)
@@ -445,11 +447,11 @@ def run_experiment(
     sft_step: dict[tuple[str, int], float] = {}
     for setting, variant, seed in progress(plan(cfg), desc="noisefit runs"):
         v = get_variant(variant)
-        name = f"{variant}-s{seed}" + ("" if setting == "default" else f"-{setting}")
+        name = run_name(variant if setting == "default" else f"{variant}-{setting}", seed)
         run_cfg = {**cfg.to_dict(), "variant": variant, "seed": seed, "setting": setting}
         with start_run(FAMILY, "finetune", name, run_cfg, tags=[variant, setting]) if track else _null_run() as run:
             on_log = _wandb_logger(run, cfg.log_every) if track else None
-            ft = finetune(base, tok, datasets[setting], variant, seed, cfg, on_log=on_log)
+            ft = finetune(base, tok, datasets[setting], variant, seed, cfg, on_log=on_log, trainer=trainer)
             t0 = time.perf_counter()
             metrics = evaluate(ft.model, tok, items, world, cfg, seed=seed)
             eval_s = time.perf_counter() - t0
@@ -959,32 +961,6 @@ def findings(results: Results, claims: list) -> str:
     return "\n".join(f"- {s}" for s in out)
 
 
-def write_summary_html(path: str | Path, title: str, sections: Sequence[tuple[str, Any]]) -> Path:
-    """A self-contained HTML page: each section a heading and a DataFrame (table), a matplotlib
-    figure (embedded PNG) or text."""
-    import base64
-    import html
-    import io as _io
-
-    from trustlab.io import atomic_write_text
-
-    style = ("body{font-family:sans-serif;max-width:1200px;margin:auto}table{border-collapse:collapse;font-size:12px}"
-             "td,th{border:1px solid #ccc;padding:2px 6px}img{max-width:100%}")  # fmt: skip
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
-             f"<style>{style}</style></head><body><h1>{html.escape(title)}</h1>"]  # fmt: skip
-    for heading, body in sections:
-        parts.append(f"<h2>{html.escape(heading)}</h2>")
-        if hasattr(body, "to_html"):
-            parts.append(body.to_html(index=False, float_format=lambda x: f"{x:.4g}", na_rep=""))
-        elif hasattr(body, "savefig"):
-            buf = _io.BytesIO()
-            body.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-            data = base64.b64encode(buf.getvalue()).decode()
-            parts.append(f"<img src='data:image/png;base64,{data}' alt='{html.escape(heading)}'>")
-        else:
-            parts += [f"<p>{html.escape(line)}</p>" for line in str(body).splitlines() if line.strip()]
-    parts.append("</body></html>")
-    return atomic_write_text(path, "\n".join(parts))
 
 
 def log_summary(
