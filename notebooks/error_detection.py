@@ -167,8 +167,11 @@ show(ex.plot_rejection(rejection), "rejection_curves")
 
 # %%
 layer_table = ex.per_layer_table(cfg, base.stats)
-if len(layer_table):
-    display(layer_table.pivot_table(index="layer", columns=["method", "span"], values="auroc"))
+by_layer = layer_table.pivot_table(index="layer", columns=["method", "span"], values="auroc") if len(layer_table) else None
+if by_layer is not None and len(by_layer):
+    display(by_layer)
+else:
+    print("no per-layer AUROC: too few wrong or right test responses to fit a detector per layer")
 show(ex.plot_per_layer(layer_table), "per_layer_auroc")
 
 # %% [markdown]
@@ -205,8 +208,11 @@ show(ex.plot_cost(cost, span), "cost")
 # %%
 inj_table = ex.injected_table(cfg, base.stats, base.dets, base.injected)
 print(f"injections: {base.injected.counts}")
-display(ex.injection_examples(base.injected))
-display(inj_table[inj_table.span == span] if len(inj_table) else inj_table)
+if len(inj_table):
+    display(ex.injection_examples(base.injected))
+    display(inj_table[inj_table.span == span])
+else:
+    print("no injected errors: no correct test response to corrupt")
 show(ex.plot_injected(inj_table, span), "injected_vs_natural")
 
 # %% [markdown]
