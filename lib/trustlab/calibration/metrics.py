@@ -179,14 +179,7 @@ def calibration_bins(probs: Any, labels: Any, n_bins: int = N_BINS) -> dict[str,
     """Reliability-diagram data: per equal-width bin ``lo``, ``hi``, ``count``, ``acc``, ``conf``
     (acc/conf NaN for empty bins)."""
     conf, pred = _top(probs)
-    correct = (pred == _labels(labels)).double()
-    count, acc, mconf = _binned_gaps(conf, correct, bin_indices(conf, n_bins), n_bins)
-    empty = (count == 0).numpy()
-    acc_np, conf_np = acc.numpy().copy(), mconf.numpy().copy()
-    acc_np[empty] = np.nan
-    conf_np[empty] = np.nan
-    edges = np.linspace(0, 1, n_bins + 1)
-    return {"lo": edges[:-1], "hi": edges[1:], "count": count.numpy(), "acc": acc_np, "conf": conf_np}
+    return confidence_bins(conf, (pred == _labels(labels)).double(), n_bins)
 
 
 def _conf_correct(conf: Any, correct: Any) -> tuple[Tensor, Tensor]:
