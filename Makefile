@@ -95,10 +95,10 @@ wandb-sync: setup
 	$(BIN)/wandb sync --yes
 
 wandb-report: setup
-	$(BIN)/python -m trustlab.wandb_report
+	$(BIN)/python -m trustlab.tracking.wandb_report
 
 params-check: setup
-	$(BIN)/python -c "from trustlab.config import load_params; from trustlab.sections import validate_params; validate_params(load_params()); print('params.yaml is valid')"
+	$(BIN)/python -c "from trustlab.core.config import load_params; from trustlab.stages import validate_params; validate_params(load_params()); print('params.yaml is valid')"
 
 lock:
 	$(BIN)/python -m pip freeze --exclude-editable | sed -E 's/^torch==([0-9.]+)\+cpu$$/torch==\1/' > requirements.lock

@@ -6,7 +6,7 @@
 # there: counts per task and split, what each split of the synthetic world is for, the
 # attribute distributions, examples of every task, the fingerprints that identify this exact
 # data, and token statistics under the base model's tokenizer. The library code is in
-# `trustlab.data` (`trustlab.data.report` for these tables); this notebook only calls it.
+# `trustlab.data` (`trustlab.data.describe` for these tables); this notebook only calls it.
 
 # %% tags=["parameters"]
 profile = None        # e.g. "smoke" (None: the profile key in params.yaml)
@@ -22,13 +22,13 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from IPython.display import display
 
-from trustlab.config import load_params, load_section
-from trustlab.data import report as dr
+from trustlab.core.config import load_params, load_section
+from trustlab.data import describe as dr
 from trustlab.data.config import DataConfig
 from trustlab.lm.base_model import BaseModelConfig
-from trustlab.paths import data_dir as default_data_dir
-from trustlab.paths import reports_dir as default_reports_dir
-from trustlab.plotting import NotebookFigures
+from trustlab.core.paths import data_dir as default_data_dir
+from trustlab.core.paths import reports_dir as default_reports_dir
+from trustlab.reporting.plotting import NotebookFigures
 from trustlab.tracking import start_run, write_metrics, write_plot
 
 stage_t0 = time.perf_counter()

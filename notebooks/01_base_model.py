@@ -24,12 +24,12 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from IPython.display import Markdown, display
 
-from trustlab.config import load_params, load_section
+from trustlab.core.config import load_params, load_section
 from trustlab.lm import base_model as bm
 from trustlab.lm.checkpoint import load_pretrained
-from trustlab.paths import data_dir as default_data_dir
-from trustlab.paths import reports_dir as default_reports_dir
-from trustlab.plotting import NotebookFigures
+from trustlab.core.paths import data_dir as default_data_dir
+from trustlab.core.paths import reports_dir as default_reports_dir
+from trustlab.reporting.plotting import NotebookFigures
 from trustlab.tracking import start_run, write_metrics, write_plot
 
 stage_t0 = time.perf_counter()

@@ -34,12 +34,12 @@ from trustlab.calibration import experiment as ex
 from trustlab.calibration import lm as lmcal
 from trustlab.calibration import report as rp
 from trustlab.calibration.config import CalibrationConfig
-from trustlab.config import load_params, load_section
-from trustlab.model_config import ModelConfig
-from trustlab.paths import data_dir as default_data_dir
-from trustlab.paths import reports_dir as default_reports_dir
-from trustlab.plotting import NotebookFigures
-from trustlab.report import write_summary_html
+from trustlab.core.config import load_params, load_section
+from trustlab.lm.model_config import ModelConfig
+from trustlab.core.paths import data_dir as default_data_dir
+from trustlab.core.paths import reports_dir as default_reports_dir
+from trustlab.reporting.plotting import NotebookFigures
+from trustlab.reporting.html import write_summary_html
 
 stage_t0 = time.perf_counter()
 cfg = load_section(CalibrationConfig, params, profile=profile)
@@ -202,7 +202,7 @@ rp.anyloss_table(anyloss)
 # %%
 lm_result = None
 if cfg.lm.enabled:
-    from trustlab.seeding import set_threads
+    from trustlab.core.seeding import set_threads
 
     t0 = time.perf_counter()
     set_threads(cfg.threads)

@@ -12,7 +12,7 @@
 # stage's stdlib code corpus, split by file) with the same token budget and seeds, and measure
 # per-head attention entropy: raw, and normalised by the uniform-causal maximum
 # $\frac{1}{T}\sum_{i=1}^{T}\log i$ (3.878 nats at $T = 128$, not $\log T$). The library code is
-# in `trustlab.attention`; this notebook only calls it.
+# in `trustlab.entropy_attention`; this notebook only calls it.
 
 # %% tags=["parameters"]
 profile = None        # e.g. "smoke" (None: the profile key in params.yaml)
@@ -28,12 +28,12 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from IPython.display import Markdown, display
 
-from trustlab.attention import experiment as ex
-from trustlab.attention.config import EntropyAttentionConfig
-from trustlab.attention.variants import get_variant
-from trustlab.config import load_params, load_section
-from trustlab.paths import reports_dir as default_reports_dir
-from trustlab.plotting import NotebookFigures
+from trustlab.entropy_attention import experiment as ex
+from trustlab.entropy_attention.config import EntropyAttentionConfig
+from trustlab.entropy_attention.variants import get_variant
+from trustlab.core.config import load_params, load_section
+from trustlab.core.paths import reports_dir as default_reports_dir
+from trustlab.reporting.plotting import NotebookFigures
 
 stage_t0 = time.perf_counter()
 cfg = load_section(EntropyAttentionConfig, params, profile=profile)

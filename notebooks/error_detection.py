@@ -14,7 +14,7 @@
 # (reasoning correctness, including out-of-distribution longer operands), questions about a
 # synthetic world (parameterized knowledge, including people who do not exist), "write N words
 # about T" (instruction following) and copying a value from the context (context faithfulness).
-# Deterministic checkers label every greedy response. The library is `trustlab.detection`; this
+# Deterministic checkers label every greedy response. The library is `trustlab.error_detection`; this
 # notebook only calls it.
 
 # %% tags=["parameters"]
@@ -31,16 +31,16 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from IPython.display import Markdown, display
 
-from trustlab.config import load_params, load_section
-from trustlab.model_config import ModelConfig
-from trustlab.detection import experiment as ex
-from trustlab.detection.config import ErrorDetectionConfig
-from trustlab.detection.estimators import describe_estimators
-from trustlab.paths import reports_dir as default_reports_dir
-from trustlab.plotting import NotebookFigures
-from trustlab.report import write_summary_html
-from trustlab.progress import progress_enabled
-from trustlab.seeding import seed_everything, set_threads
+from trustlab.core.config import load_params, load_section
+from trustlab.lm.model_config import ModelConfig
+from trustlab.error_detection import experiment as ex
+from trustlab.error_detection.config import ErrorDetectionConfig
+from trustlab.error_detection.estimators import describe_estimators
+from trustlab.core.paths import reports_dir as default_reports_dir
+from trustlab.reporting.plotting import NotebookFigures
+from trustlab.reporting.html import write_summary_html
+from trustlab.core.progress import progress_enabled
+from trustlab.core.seeding import seed_everything, set_threads
 
 stage_t0 = time.perf_counter()
 cfg = load_section(ErrorDetectionConfig, params, profile=profile)

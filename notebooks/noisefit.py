@@ -36,15 +36,15 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from IPython.display import Markdown, display
 
-from trustlab.config import load_params, load_section
-from trustlab.model_config import ModelConfig
+from trustlab.core.config import load_params, load_section
+from trustlab.lm.model_config import ModelConfig
 from trustlab.noisefit import experiment as ex
 from trustlab.noisefit.config import NoiseFitConfig
 from trustlab.noisefit.variants import get_variant
-from trustlab.paths import data_dir as default_data_dir
-from trustlab.paths import reports_dir as default_reports_dir
-from trustlab.plotting import NotebookFigures
-from trustlab.report import write_summary_html
+from trustlab.core.paths import data_dir as default_data_dir
+from trustlab.core.paths import reports_dir as default_reports_dir
+from trustlab.reporting.plotting import NotebookFigures
+from trustlab.reporting.html import write_summary_html
 
 stage_t0 = time.perf_counter()
 cfg = load_section(NoiseFitConfig, params, profile=profile)

@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT / "lib"))
 import lightning as L  # noqa: E402
 import torch  # noqa: E402
 
-from trustlab.io import write_json  # noqa: E402
+from trustlab.core.io import write_json  # noqa: E402
 from trustlab.lm.generation import generate  # noqa: E402
 from trustlab.lm.gpt import GPT, GPTConfig  # noqa: E402
 from trustlab.lm.tokenizer import ByteTokenizer  # noqa: E402

@@ -16,10 +16,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
 
-from trustlab.config import ConfigError, load_section  # noqa: E402
+from trustlab.core.config import ConfigError, load_section  # noqa: E402
 from trustlab.data.config import DataConfig  # noqa: E402
 from trustlab.data.generate import generate_all  # noqa: E402
-from trustlab.paths import data_dir  # noqa: E402
+from trustlab.core.paths import data_dir  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

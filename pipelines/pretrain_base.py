@@ -16,9 +16,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
 
-from trustlab.config import ConfigError, load_params  # noqa: E402
+from trustlab.core.config import ConfigError, load_params  # noqa: E402
 from trustlab.lm.base_model import BaseModelConfig, run_stage  # noqa: E402
-from trustlab.paths import data_dir as default_data_dir  # noqa: E402
+from trustlab.core.paths import data_dir as default_data_dir  # noqa: E402
 
 
 def load_config(params_file: str | None, profile: str | None) -> BaseModelConfig:

@@ -18,9 +18,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "lib"))
 
-from trustlab import frontpage  # noqa: E402
-from trustlab.config import ConfigError, load_params  # noqa: E402
-from trustlab.sections import validate_params  # noqa: E402
+from trustlab.reporting import frontpage  # noqa: E402
+from trustlab.core.config import ConfigError, load_params  # noqa: E402
+from trustlab.stages import validate_params  # noqa: E402
 from trustlab.tracking import resolve_mode, start_run_object, wandb_dir  # noqa: E402
 
 

@@ -20,11 +20,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "lib"))
 
-from trustlab import io  # noqa: E402
-from trustlab.config import ConfigError, load_params  # noqa: E402
+from trustlab.core import io  # noqa: E402
+from trustlab.core.config import ConfigError, load_params  # noqa: E402
 from trustlab.profiles import check_environment  # noqa: E402
-from trustlab.report import render_html  # noqa: E402
-from trustlab.sections import NOTEBOOKS, section_class  # noqa: E402
+from trustlab.reporting.html import render_html  # noqa: E402
+from trustlab.stages import NOTEBOOKS, section_class  # noqa: E402
 from trustlab.tracking import log_report  # noqa: E402
 
 KERNEL = "python3"

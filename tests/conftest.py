@@ -10,6 +10,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "lib"))
+sys.path.insert(0, str(ROOT / "tests"))  # the shared _reports_fixtures helper
 
 os.environ["TRUSTLAB_WANDB_MODE"] = "disabled"
 os.environ["WANDB_MODE"] = "disabled"

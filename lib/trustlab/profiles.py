@@ -2,7 +2,7 @@
 
 A profile (``profiles/<name>.yaml``, selected by ``profile:`` in ``params.yaml``, by
 ``dvc exp run -S profile=<name>`` or by ``$TRUSTLAB_PROFILE``) is deep-merged over
-``params.yaml`` by ``trustlab.config.load_params``. ``check_environment(params)`` then checks,
+``params.yaml`` by ``trustlab.core.config.load_params``. ``check_environment(params)`` then checks,
 before any stage starts work, that the machine can run it:
 
 * **CUDA** — the ``model:`` section needs it when ``model.device = cuda``,
@@ -27,8 +27,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from trustlab.config import ConfigError, load_params
-from trustlab.model_config import ModelConfig, hf_offline, in_hf_cache, resolve_hf_source
+from trustlab.core.config import ConfigError, load_params
+from trustlab.lm.model_config import ModelConfig, hf_offline, in_hf_cache, resolve_hf_source
 
 
 def _cuda() -> tuple[bool, int]:
@@ -63,7 +63,7 @@ def check_environment(params: Mapping[str, Any], data_dir: str | os.PathLike | N
     profile = params.get("profile") or "cpu"
     model = ModelConfig.from_dict(params.get("model") or {}, where="model")
     if data_dir is None:
-        from trustlab.paths import repo_root
+        from trustlab.core.paths import repo_root
 
         data_dir = repo_root() / "data"
     problems: list[str] = []

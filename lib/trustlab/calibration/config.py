@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from trustlab.calibration.data import NOISE_KINDS, SHIFTS, SOFT_METHODS
 from trustlab.calibration.losses import LOSSES, loss_names, validate_loss
-from trustlab.config import ConfigError, Section
+from trustlab.core.config import ConfigError, Section
 
 __all__ = [
     "CalibrationConfig",
@@ -200,7 +200,7 @@ class CalibrationConfig(Section):
     batch_size: int = 32
     weight_decay: float = 0.0
     threads: int = 1
-    enable_progress_bar: bool | None = None  # None: trustlab.progress decides
+    enable_progress_bar: bool | None = None  # None: trustlab.core.progress decides
     # evaluation
     shifts: list[str] = field(default_factory=lambda: list(SHIFTS))
     severities: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])

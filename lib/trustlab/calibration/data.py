@@ -3,7 +3,7 @@ breast-cancer (binary) sets, shifted test sets, label noise, simulated crowd ann
 soft labels, and the CA calibrator's transformed views.
 
 Images are float32 in [0, 1] with shape (N, 8, 8); models see them flattened to 64 inputs.
-Everything random takes an explicit seed (``trustlab.seeding.rng``), so a split, a shift or an
+Everything random takes an explicit seed (``trustlab.core.seeding.rng``), so a split, a shift or an
 annotator panel is a pure function of its arguments.
 """
 
@@ -17,8 +17,8 @@ import torch
 from scipy import ndimage
 from torch.utils.data import Dataset
 
-from trustlab.config import ConfigError
-from trustlab.seeding import rng
+from trustlab.core.config import ConfigError
+from trustlab.core.seeding import rng
 
 __all__ = [
     "SHIFTS",

@@ -3,7 +3,7 @@
 Each ``run_*`` function takes a :class:`~trustlab.calibration.config.CalibrationConfig` and
 returns pandas DataFrames (no files, no plots, no W&B); an optional ``on_run(name, seed,
 metrics)`` callback is called once per trained model so the notebook can log one W&B run per
-(loss, seed). :func:`claims` turns the tables into ``trustlab.stats.Claim`` rows, paired by seed.
+(loss, seed). :func:`claims` turns the tables into ``trustlab.core.stats.Claim`` rows, paired by seed.
 
 Tables (one row per seed; ``summarize`` gives mean and std over seeds):
 
@@ -43,10 +43,10 @@ from trustlab.calibration.data import (
 from trustlab.calibration.losses import build_loss
 from trustlab.calibration.metrics import METRIC_NAMES, binary_metrics, calibration_bins, evaluate
 from trustlab.calibration.models import build_model
-from trustlab.calibration.train import FitResult, fit, predict_logits
-from trustlab.progress import progress
-from trustlab.seeding import seed_everything, set_threads
-from trustlab.stats import Claim, claim_from_seeds, mean_std
+from trustlab.calibration.module import FitResult, fit, predict_logits
+from trustlab.core.progress import progress
+from trustlab.core.seeding import seed_everything, set_threads
+from trustlab.core.stats import Claim, claim_from_seeds, mean_std
 
 __all__ = [
     "OnRun",
@@ -71,7 +71,7 @@ FAMILY = "calibration"
 
 
 def _set_threads(n: int) -> None:
-    """``trustlab.seeding.set_threads`` (falls back to ``torch.set_num_threads`` where this torch
+    """``trustlab.core.seeding.set_threads`` (falls back to ``torch.set_num_threads`` where this torch
     build lacks ``set_interop_threads``, which ``set_threads`` does not catch)."""
     try:
         set_threads(n)

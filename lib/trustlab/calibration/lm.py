@@ -475,7 +475,7 @@ def lm_claim(res: LMCalibration, objective: str, family: str = "calibration"):
     """Claim row: temperature scaling (``objective``) lowers the answer-level ECE of the pooled
     test items, paired by split seed (t 95% CI). The seeds re-draw the validation / test split of
     the same items and model, so the CI covers split variability, not retraining."""
-    from trustlab.stats import claim_from_seeds
+    from trustlab.core.stats import claim_from_seeds
 
     t = res.table[res.table["pool"] == "all"]
     raw = t[t["method"] == "raw"].set_index("seed")["ece"]

@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from trustlab.config import ConfigError
+from trustlab.core.config import ConfigError
 
 __all__ = [
     "LOSSES",

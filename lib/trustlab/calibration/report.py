@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from trustlab.calibration.experiment import FAMILY, MainTables, bins_for, format_summary, summarize
-from trustlab.stats import Claim
+from trustlab.core.stats import Claim
 
 __all__ = [
     "LABELS",
@@ -378,7 +378,7 @@ def write_outputs(reports_dir: str | os.PathLike, tables: Mapping[str, Any], cla
     (reliability bins of every loss x variant x split, first seed), the per-seed tables
     (``main.csv``, ``per_shift.csv``, ``robustness.csv``, ``soft_labels.csv``, ``anyloss.csv``),
     ``claims.csv`` and, for the LM, ``lm_calibration.csv`` / ``lm_reliability.csv`` / ``lm_items.csv``."""
-    from trustlab.provenance import provenance
+    from trustlab.core.provenance import provenance
     from trustlab.tracking import write_metrics, write_plot
 
     reports_dir = Path(reports_dir)

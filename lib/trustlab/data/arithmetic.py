@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from trustlab.data.tasks import assert_plain, sub_seed
-from trustlab.io import write_jsonl, write_manifest
-from trustlab.seeding import rng
+from trustlab.core.io import write_jsonl, write_manifest
+from trustlab.core.seeding import rng
 
 if TYPE_CHECKING:
     from trustlab.data.config import ArithmeticConfig

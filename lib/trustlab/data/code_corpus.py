@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from trustlab.data.tasks import sub_seed
-from trustlab.io import write_jsonl, write_manifest
-from trustlab.seeding import rng
+from trustlab.core.io import write_jsonl, write_manifest
+from trustlab.core.seeding import rng
 
 if TYPE_CHECKING:
     from trustlab.data.config import CodeCorpusConfig

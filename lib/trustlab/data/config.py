@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from trustlab.config import ConfigError, Section
+from trustlab.core.config import ConfigError, Section
 from trustlab.data.tasks import GENERATORS, is_plain
 
 

@@ -15,7 +15,7 @@ from trustlab.data.context_copy import generate_context_copy
 from trustlab.data.instructions import generate_instructions
 from trustlab.data.tasks import sub_seed
 from trustlab.data.world import generate_world
-from trustlab.io import sha256_bytes, write_json
+from trustlab.core.io import sha256_bytes, write_json
 
 # generator name -> (sub-directory, function(cfg_section, out_dir, seed))
 GENERATOR_FUNCS = {
@@ -58,7 +58,7 @@ def generate_all(cfg: DataConfig, out_dir: str | os.PathLike, *, clean: bool = T
         fingerprints[name] = manifest["fingerprint"]
     # The top-level manifest aggregates the sub-manifests instead of hashing all of out_dir:
     # data/ also holds other stages' outputs (data/models/...), which are not ours to list.
-    # Same format and fingerprint formula as trustlab.io.write_manifest.
+    # Same format and fingerprint formula as trustlab.core.io.write_manifest.
     files = {f"{sub}/{rel}": digest for sub, m in sub_manifests.items() for rel, digest in m["files"].items()}
     files = dict(sorted(files.items()))
     manifest = {

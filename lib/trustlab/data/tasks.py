@@ -1,6 +1,6 @@
 """Task names, the on-disk layout and loading helpers for the generated data.
 
-Layout under a data directory (``trustlab.paths.data_dir()`` by default)::
+Layout under a data directory (``trustlab.core.paths.data_dir()`` by default)::
 
     manifest.json                  generate_all: params, counts, sha256 of every file, fingerprint
     world/people.json              closed sets, real people (with split) and non-existent people
@@ -27,7 +27,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from trustlab.io import read_json, read_jsonl, sha256_file
+from trustlab.core.io import read_json, read_jsonl, sha256_file
 
 # task name -> (sub-directory, splits). File of a split: <dir>/<split>.jsonl.
 WORLD_QA_SPLITS = ("qa_train", "qa_heldout", "new_facts", "nonexistent_train", "nonexistent_test")

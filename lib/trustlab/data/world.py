@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from trustlab.data.tasks import NONEXISTENT_SPLITS, REAL_SPLITS, WORLD_QA_SPLITS, assert_plain, sub_seed
-from trustlab.io import write_json, write_jsonl, write_manifest
-from trustlab.seeding import rng
+from trustlab.core.io import write_json, write_jsonl, write_manifest
+from trustlab.core.seeding import rng
 
 if TYPE_CHECKING:
     from trustlab.data.config import WorldConfig

@@ -68,7 +68,7 @@ from typing import Any
 
 import numpy as np
 
-from trustlab.config import ConfigError, Section, digest
+from trustlab.core.config import ConfigError, Section, digest
 from trustlab.data import tasks as T
 
 MIX_COMPONENTS = ("bios", "qa_train", "arithmetic", "instructions", "context_copy", "nonexistent_train", "code")
@@ -432,7 +432,7 @@ def pretrain(gen_dir: str | os.PathLike, cfg: BaseModelConfig, *, progress: bool
 
     from trustlab.lm.gpt import GPT
     from trustlab.lm.training import CausalLMModule, fit
-    from trustlab.seeding import seed_everything
+    from trustlab.core.seeding import seed_everything
 
     tok = fit_tokenizer(gen_dir, cfg)
     mix = build_mix(gen_dir, tok, cfg)
@@ -613,7 +613,7 @@ def save_base_model(
 ) -> Path:
     """Write the model directory atomically: everything goes to a temporary sibling that is
     renamed into place (an interrupted stage leaves the previous model, or nothing)."""
-    from trustlab.io import write_csv, write_json, write_jsonl
+    from trustlab.core.io import write_csv, write_json, write_jsonl
     from trustlab.lm.checkpoint import save_model
 
     out = Path(out)
@@ -654,7 +654,7 @@ def save_base_model(
 
 
 def load_metrics(model_dir: str | os.PathLike) -> dict[str, Any]:
-    from trustlab.io import read_json
+    from trustlab.core.io import read_json
 
     return read_json(Path(model_dir) / "metrics.json")
 
@@ -667,7 +667,7 @@ def load_curve(model_dir: str | os.PathLike) -> list[dict[str, float]]:
 
 
 def load_eval_items(model_dir: str | os.PathLike) -> list[dict[str, Any]]:
-    from trustlab.io import read_jsonl
+    from trustlab.core.io import read_jsonl
 
     return read_jsonl(Path(model_dir) / "eval_items.jsonl")
 

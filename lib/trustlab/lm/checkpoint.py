@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from trustlab.io import atomic_write_bytes, read_json, write_json
+from trustlab.core.io import atomic_write_bytes, read_json, write_json
 from trustlab.lm.gpt import GPT, GPTConfig
 
 MODEL_FILE = "model.safetensors"

@@ -29,8 +29,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from trustlab.config import ConfigError
-from trustlab.model_config import LoraConfig, ModelConfig, hf_offline, in_hf_cache, resolve_hf_source
+from trustlab.core.config import ConfigError
+from trustlab.lm.model_config import LoraConfig, ModelConfig, hf_offline, in_hf_cache, resolve_hf_source
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -230,7 +230,7 @@ def save_model_and_tokenizer(model, tokenizer, directory, metadata: dict[str, An
         from trustlab.lm.checkpoint import save_model
 
         return save_model(model, directory, tokenizer, metadata=metadata)
-    from trustlab.io import write_json
+    from trustlab.core.io import write_json
     from trustlab.lm.hf_backend import save_hf_model
 
     directory.mkdir(parents=True, exist_ok=True)

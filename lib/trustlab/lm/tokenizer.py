@@ -26,7 +26,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from trustlab.io import atomic_write_text
+from trustlab.core.io import atomic_write_text
 
 SPECIALS = ("<pad>", "<bos>", "<eos>", "<sep>", "<unk>")
 WORD_PATTERN = r" ?[A-Za-z]+| ?\d| ?[^\sA-Za-z\d]|\s"

@@ -45,8 +45,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from trustlab.lm.gpt import configure_adamw
 from trustlab.lm.losses import causal_lm_loss
-from trustlab.progress import progress_enabled
-from trustlab.seeding import seed_everything, set_threads
+from trustlab.core.progress import progress_enabled
+from trustlab.core.seeding import seed_everything, set_threads
 
 # ---------------------------------------------------------------------------------------------
 # data
@@ -645,9 +645,9 @@ def fit(
     ``checkpoint_dir``: a training checkpoint (model + tokenizer + optimizer/scheduler/RNG
     state) is written every ``checkpoint_every`` steps and at the end. ``resume_from``: a
     checkpoint directory; the run continues from its step with identical data order.
-    ``progress`` None follows ``trustlab.progress.progress_enabled()`` (off in executed reports).
+    ``progress`` None follows ``trustlab.core.progress.progress_enabled()`` (off in executed reports).
 
-    Trainer settings (``trustlab.model_config.TrainerConfig.fit_kwargs()`` gives them from
+    Trainer settings (``trustlab.lm.model_config.TrainerConfig.fit_kwargs()`` gives them from
     params): ``accelerator`` (cpu | gpu | auto), ``devices`` (int | "auto"), ``strategy`` (auto |
     ddp | ddp_spawn | ddp_notebook | fsdp), ``precision`` (32-true | bf16-mixed | 16-mixed |
     bf16-true), ``accumulate_grad_batches``, ``num_nodes``. The defaults are one CPU process.

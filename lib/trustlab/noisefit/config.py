@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from trustlab.config import ConfigError, Section
+from trustlab.core.config import ConfigError, Section
 from trustlab.noisefit.variants import VARIANTS
 
 DEFAULT_VARIANTS = [

@@ -22,7 +22,7 @@ Protocol (method card, "What makes a faithful small-scale test here"):
     abstention outscores every concrete option (``mc_abstain_nonexistent_test``).
 * **Cost**: the median training-step time of every run; ``step_ratio`` = that / SFT's median
   step time for the same seed and setting, measured in the same process.
-* **Claims** (``trustlab.stats.claim_from_seeds``, paired by seed, t 95% CI).
+* **Claims** (``trustlab.core.stats.claim_from_seeds``, paired by seed, t 95% CI).
 """
 
 from __future__ import annotations
@@ -207,7 +207,7 @@ def finetune(
     import torch
 
     from trustlab.lm.training import fit
-    from trustlab.noisefit.training import NoiseFitModule
+    from trustlab.noisefit.module import NoiseFitModule
 
     model = copy.deepcopy(base_model)
     module = NoiseFitModule(
@@ -406,8 +406,8 @@ def run_experiment(
     in the exported models' metadata. ``trainer``: Lightning settings for every fine-tune
     (:func:`finetune`)."""
     from trustlab.lm.hooks import decoder_blocks
-    from trustlab.progress import progress
-    from trustlab.seeding import set_threads
+    from trustlab.core.progress import progress
+    from trustlab.core.seeding import set_threads
     from trustlab.tracking import run_name, start_run
 
     t_start = time.perf_counter()
@@ -497,7 +497,7 @@ def run_experiment(
 
 
 def _wandb_logger(run, every: int) -> Callable[[dict], None]:
-    from trustlab.noisefit.training import wandb_row
+    from trustlab.noisefit.module import wandb_row
 
     def on_log(row: dict) -> None:
         step = int(row.get("step", 0))
@@ -609,7 +609,7 @@ def summary_table(
     the base model first; ``fmt`` gives ``"mean ± std"`` strings."""
     import pandas as pd
 
-    from trustlab.stats import mean_std
+    from trustlab.core.stats import mean_std
 
     df = results_frame(results)
     if df.empty:
@@ -767,9 +767,9 @@ ISSUE_CLAIMS = {
 
 
 def make_claims(results: Results) -> list:
-    """Claim rows (``trustlab.stats.Claim``) for every comparison in :data:`CLAIMS` whose runs
+    """Claim rows (``trustlab.core.stats.Claim``) for every comparison in :data:`CLAIMS` whose runs
     exist, effect = mean over seeds of (method - baseline), paired by seed, t 95% CI."""
-    from trustlab.stats import claim_from_seeds
+    from trustlab.core.stats import claim_from_seeds
 
     df = results_frame(results)
     claims = []
@@ -884,7 +884,7 @@ def write_outputs(
     data under ``plots/`` (runs, curves, snr, step_time, hallucination, claims)."""
     import pandas as pd
 
-    from trustlab.provenance import provenance
+    from trustlab.core.provenance import provenance
     from trustlab.tracking import write_metrics, write_plot
 
     claims = make_claims(results) if claims is None else claims

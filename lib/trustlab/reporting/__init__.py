@@ -1,0 +1,1 @@
+"""Rendering results: notebook HTML, summary pages, figures and the front page."""

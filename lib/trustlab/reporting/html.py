@@ -1,0 +1,96 @@
+"""Rendering executed notebooks to self-contained HTML that reads offline."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from trustlab.core.io import atomic_write_text
+
+# Anything fetched from the network: a report must render completely without it.
+_REMOTE_SCRIPT = re.compile(r"<script[^>]*\bsrc=[\"']https?://[^>]*>\s*</script>", re.I)
+_REMOTE_LINK = re.compile(r"<link[^>]*\bhref=[\"']https?://[^>]*>", re.I)
+_MATHJAX_BLOCK = re.compile(r"<!-- Load mathjax -->.*?<!-- End of mathjax configuration -->", re.S | re.I)
+# An inline script that imports a module from the network (nbconvert's lab template ships
+# a mermaid loader that does this when a page has a diagram; none of ours do).
+_REMOTE_IMPORT_SCRIPT = re.compile(
+    r"<script\b[^>]*>(?:(?!</script>).)*?\bimport\s*\(\s*[\"']https?://(?:(?!</script>).)*</script>", re.S | re.I
+)
+_REMOTE_IMPORT = re.compile(r"\bimport\s*\(\s*[\"'](https?://[^\"']+)", re.I)
+_REMOTE_CSS_URL = re.compile(r"(?:@import\s+|url\(\s*)[\"']?(https?://[^\"')\s]+)", re.I)
+
+
+def strip_remote_assets(html: str) -> str:
+    """Remove ``<script src=http...>``, remote stylesheets, the MathJax loader and inline
+    scripts that ``import()`` a module from the network."""
+    html = _MATHJAX_BLOCK.sub("", html)
+    html = _REMOTE_IMPORT_SCRIPT.sub("", html)
+    html = _REMOTE_SCRIPT.sub("", html)
+    return _REMOTE_LINK.sub("", html)
+
+
+def remote_references(html: str) -> list[str]:
+    """Remote URLs the page would *load*: script/link/img/iframe sources, module
+    ``import()``s and CSS ``url()``/``@import`` (links a reader clicks, ``<a href>``, are fine)."""
+    tags = re.findall(
+        r"<(?:script|link|img|iframe|source|video|audio)[^>]*\b(?:src|href)=[\"'](https?://[^\"']+)", html, re.I
+    )
+    return tags + _REMOTE_IMPORT.findall(html) + _REMOTE_CSS_URL.findall(html)
+
+
+def render_html(notebook_path: str | os.PathLike, html_path: str | os.PathLike, title: str | None = None) -> Path:
+    """Render an executed notebook: inputs hidden, figures embedded, no remote assets."""
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    nb = nbformat.read(str(notebook_path), as_version=4)
+    # Widget state (e.g. from tqdm.auto) would make the page load a widget manager from a CDN.
+    nb.metadata.pop("widgets", None)
+    exporter = HTMLExporter(
+        template_name="lab",
+        exclude_input=True,
+        exclude_input_prompt=True,
+        exclude_output_prompt=True,
+        embed_images=True,
+    )
+    resources = {"metadata": {"name": title or Path(notebook_path).stem}}
+    body, _ = exporter.from_notebook_node(nb, resources=resources)
+    return atomic_write_text(html_path, strip_remote_assets(body))
+
+
+SUMMARY_STYLE = (
+    "body{font-family:sans-serif;max-width:1200px;margin:auto}table{border-collapse:collapse;"
+    "font-size:12px}td,th{border:1px solid #ccc;padding:2px 6px}img{max-width:100%}"
+)
+
+
+def write_summary_html(path: str | os.PathLike, title: str, sections) -> Path:
+    """A self-contained HTML page (nothing loaded from the network), written atomically: one
+    ``<h2>`` per ``(heading, body)`` of ``sections``, whose body is a DataFrame (a table), a
+    matplotlib figure or a PNG path (embedded as base64; a missing file is skipped) or text
+    (escaped, one paragraph per line). The families log it to their W&B summary runs."""
+    import base64
+    import html
+    import io as _io
+
+    def img(png: bytes, alt: str) -> str:
+        return f"<img src='data:image/png;base64,{base64.b64encode(png).decode()}' alt='{html.escape(alt)}'>"
+
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+             f"<style>{SUMMARY_STYLE}</style></head><body>", f"<h1>{html.escape(title)}</h1>"]  # fmt: skip
+    for heading, body in sections:
+        parts.append(f"<h2>{html.escape(heading)}</h2>")
+        if hasattr(body, "to_html"):
+            parts.append(body.to_html(index=False, float_format=lambda x: f"{x:.4g}", na_rep=""))
+        elif hasattr(body, "savefig"):
+            buf = _io.BytesIO()
+            body.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+            parts.append(img(buf.getvalue(), heading))
+        elif isinstance(body, Path):
+            if body.exists():
+                parts.append(img(body.read_bytes(), heading))
+        else:
+            parts += [f"<p>{html.escape(line)}</p>" for line in str(body).splitlines() if line.strip()]
+    parts.append("</body></html>")
+    return atomic_write_text(path, "\n".join(parts))
