@@ -15,7 +15,7 @@ export PYTHONPATH := $(CURDIR)/lib
 .PHONY: setup repro test test-fast browser-deps bench lab front-page plots plots-diff plots-template \
 	wandb-sync wandb-report lock params-check clean-venv help
 
-# The browser test (tests/test_browser.py) drives Debian's headless Chromium.
+# The browser test (tests/e2e/test_browser.py) drives Debian's headless Chromium.
 BROWSER_PACKAGES := chromium chromium-driver
 
 help:
@@ -50,6 +50,7 @@ test-fast: setup
 
 # Installs Chromium + ChromeDriver for the browser test when they are missing and we are root
 # (CI, containers); otherwise the test skips and names the command. Fast when present.
+# In CI (CI=true) a Chromium that cannot be installed is an error, not a skip.
 browser-deps:
 	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
@@ -57,7 +58,10 @@ browser-deps:
 	  export DEBIAN_FRONTEND=noninteractive; \
 	  apt-get install -y -q $(BROWSER_PACKAGES) >/dev/null 2>&1 \
 	  || { apt-get update -q >/dev/null && apt-get install -y -q $(BROWSER_PACKAGES) >/dev/null; } \
-	  || echo "warning: could not install $(BROWSER_PACKAGES); the browser test will skip"; \
+	  || { if [ -n "$$CI" ]; then echo "error: could not install $(BROWSER_PACKAGES), which CI needs for the browser test" >&2; exit 1; fi; \
+	       echo "warning: could not install $(BROWSER_PACKAGES); the browser test will skip"; }; \
+	elif [ -n "$$CI" ]; then \
+	  echo "error: CI needs headless Chromium for the browser test: apt-get install -y $(BROWSER_PACKAGES)" >&2; exit 1; \
 	else \
 	  echo "note: no headless Chromium; the browser test will skip (install: sudo apt-get install -y $(BROWSER_PACKAGES))"; \
 	fi
@@ -98,7 +102,7 @@ wandb-report: setup
 	$(BIN)/python -m trustlab.tracking.wandb_report
 
 params-check: setup
-	$(BIN)/python -c "from trustlab.core.config import load_params; from trustlab.stages import validate_params; validate_params(load_params()); print('params.yaml is valid')"
+	@$(BIN)/python pipelines/check_params.py
 
 lock:
 	$(BIN)/python -m pip freeze --exclude-editable | sed -E 's/^torch==([0-9.]+)\+cpu$$/torch==\1/' > requirements.lock

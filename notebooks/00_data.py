@@ -15,36 +15,22 @@ reports_dir = None    # default reports/00_data
 data_dir = None       # default data/
 
 # %%
-import time
-from pathlib import Path
-
-import matplotlib.pyplot as plt
 import pandas as pd
 from IPython.display import display
 
-from trustlab.core.config import load_params, load_section
 from trustlab.data import describe as dr
 from trustlab.data.config import DataConfig
-from trustlab.lm.base_model import BaseModelConfig
-from trustlab.core.paths import data_dir as default_data_dir
-from trustlab.core.paths import reports_dir as default_reports_dir
-from trustlab.reporting.plotting import NotebookFigures
-from trustlab.tracking import start_run, write_metrics, write_plot
+from trustlab.lm.base_model import BaseModelConfig, fit_tokenizer
+from trustlab.reporting.notebook import close_stage, open_stage
+from trustlab.reporting.outputs import StageOutputs
+from trustlab.tracking import start_run
 
-stage_t0 = time.perf_counter()
-cfg = load_section(DataConfig, params, profile=profile)
-profile_name = profile or load_params()["profile"]
-reports = Path(reports_dir) if reports_dir else default_reports_dir(dr.STAGE)
-gen_dir = dr.generated_dir(Path(data_dir) if data_dir else default_data_dir())
-figures = NotebookFigures(reports / "figures")   # show(fig, name): saved, kept for W&B, shown
-show = figures.show
-
-
-
-pd.set_option("display.precision", 3)
+stage = open_stage(dr.STAGE, DataConfig, params, profile=profile, data_dir=data_dir, reports_dir=reports_dir)
+cfg, show = stage.cfg, stage.show
+gen_dir = dr.generated_dir(stage.data)
 pd.set_option("display.width", 160)
 pd.set_option("display.max_colwidth", 120)
-print(f"profile {profile_name}; data in {gen_dir}")
+print(f"profile {stage.profile}; data in {gen_dir}")
 
 # %% [markdown]
 # ## Counts per task and split
@@ -112,41 +98,40 @@ if "code_corpus" in info:
 # dashed line is the base model's default context length.
 
 # %%
-tok = dr.fit_tokenizer(gen_dir)
+base = BaseModelConfig.from_dict({"mix": {"code": 0.0}})  # the base model's defaults, no code corpus
+tok = fit_tokenizer(gen_dir, base)
 stats = dr.token_stats(gen_dir, tok)
 totals = dr.corpus_token_totals(gen_dir, tok)
 display(stats)
 display(pd.Series(totals).to_frame("value"))
-show(dr.plot_token_lengths(stats, BaseModelConfig().block_size), "token_lengths")
+show(dr.plot_token_lengths(stats, base.block_size), "token_lengths")
 
 # %% [markdown]
 # ## Outputs
 #
 # `metrics.json` (headline counts, fingerprints), plot data under `plots/`, figures under
-# `figures/`, and a W&B run with the tables and figures.
+# `figures/`, the stage's wall time in `timing.json`, and a W&B run with the tables and figures.
 
 # %%
-stage_seconds = time.perf_counter() - stage_t0
 head = dr.headline(counts, info, totals, stats)
-metrics = {
-    "headline": head,
-    "claims": [],
-    "counts": counts.astype(object).where(counts.notna(), None).to_dict(orient="records"),
-    "fingerprints": info,
-    "token_totals": totals,
-    "params": cfg.to_dict(),
-    "run": {"profile": profile_name, "stage_seconds": round(stage_seconds, 1)},
-}
-write_metrics(dr.STAGE, metrics, reports)
-write_plot(dr.STAGE, "counts", counts, reports)
-write_plot(dr.STAGE, "token_stats", stats, reports)
-write_plot(dr.STAGE, "attributes", dist, reports)
-run_config = {**cfg.to_dict(), "profile": profile_name}
-with start_run(family="data", job_type="report", name="data-report", config=run_config) as run:
-    run.summary(head)
-    for name, df in {"counts": counts, "token_stats": stats, "fingerprints": dr.fingerprint_frame(info)}.items():
-        run.log_table(name, df)
-    for name, fig in figures.items():
-        run.log_image(name, fig)
-print(f"wrote {reports / 'metrics.json'} in {stage_seconds:.1f} s")
-pd.Series(head).to_frame("value")
+outputs = StageOutputs(
+    stage=dr.STAGE,
+    headline=head,
+    tables={"counts": counts.astype(object).where(counts.notna(), None)},
+    extra={"fingerprints": info, "token_totals": totals, "params": cfg.to_dict()},
+    plots={"counts": counts, "token_stats": stats, "attributes": dist},
+)
+
+
+def log_run(html_path):
+    with start_run(family="data", job_type="report", name="data-report",
+                   config={**cfg.to_dict(), "profile": stage.profile}) as run:
+        run.summary(head)
+        for name, df in {"counts": counts, "token_stats": stats, "fingerprints": dr.fingerprint_frame(info)}.items():
+            run.log_table(name, df)
+        for name, fig in stage.figures.items():
+            run.log_image(name, fig)
+
+
+close_stage(stage, outputs, log_summary=log_run)
+display(pd.Series(head).to_frame("value"))

@@ -1,8 +1,8 @@
 # %% [markdown]
 # # Error detection in language-model responses
 #
-# Method card: `shared/methods/error_detection.md` (ReaLMistake, RPC, Lee et al.'s Mahalanobis,
-# lm-polygraph, zero-shot statistics, SDM, AEGIS). The question: given a small GPT's answer to a
+# Method background: [docs/methods/error_detection.md](../docs/methods/error_detection.md) (ReaLMistake, RPC,
+# Lee et al.'s Mahalanobis, lm-polygraph, zero-shot statistics, SDM, AEGIS). The question: given a small GPT's answer to a
 # task with an objectively checkable answer, which uncertainty scores tell right answers from
 # wrong ones, at what cost?
 #
@@ -24,44 +24,36 @@ reports_dir = None    # default reports/<family>
 data_dir = None       # default data/
 
 # %%
-import time
-from pathlib import Path
-
-import matplotlib.pyplot as plt
 import pandas as pd
 from IPython.display import Markdown, display
 
-from trustlab.core.config import load_params, load_section
-from trustlab.lm.model_config import ModelConfig
-from trustlab.error_detection import experiment as ex
-from trustlab.error_detection.config import ErrorDetectionConfig
-from trustlab.error_detection.estimators import describe_estimators
-from trustlab.core.paths import reports_dir as default_reports_dir
-from trustlab.reporting.plotting import NotebookFigures
-from trustlab.reporting.html import write_summary_html
+from trustlab.core.config import load_section
 from trustlab.core.progress import progress_enabled
 from trustlab.core.seeding import seed_everything, set_threads
+from trustlab.error_detection import claims as C
+from trustlab.error_detection import figures as F
+from trustlab.error_detection import report as R
+from trustlab.error_detection import run as detect
+from trustlab.error_detection import tables as T
+from trustlab.error_detection.config import ErrorDetectionConfig
+from trustlab.error_detection.estimators import describe_estimators
+from trustlab.lm.model_config import ModelConfig
+from trustlab.reporting.notebook import close_stage, open_stage
 
-stage_t0 = time.perf_counter()
-cfg = load_section(ErrorDetectionConfig, params, profile=profile)
+stage = open_stage(detect.FAMILY, ErrorDetectionConfig, params, profile=profile, data_dir=data_dir,
+                   reports_dir=reports_dir)
+cfg, show, reports = stage.cfg, stage.show, stage.reports
 model_cfg = load_section(ModelConfig, profile=profile)   # the studied model: tiny (default) or hf
-profile_name = profile or load_params()["profile"]
-reports = Path(reports_dir) if reports_dir else default_reports_dir(ex.FAMILY)
-figures = NotebookFigures(reports / "figures")   # show(fig, name): saved, kept for W&B, shown
-show = figures.show
 seed_everything(cfg.seed)
 threads = set_threads(cfg.threads)
 say = print if progress_enabled() else (lambda msg: None)
 # every model directory is checked before any work: a missing one names the stage that makes it
-model_dirs = ex.check_models(cfg, data_dir, model_cfg)
+model_dirs = detect.check_models(cfg, stage.data, model_cfg)
 span = cfg.spans[0]
 
-
-
-pd.set_option("display.precision", 3)
 pd.set_option("display.width", 180)
 pd.set_option("display.max_colwidth", 80)
-print(f"profile {profile_name}: models {', '.join(f'{k} = {v}' for k, v in model_dirs.items())}; K = {cfg.k_samples} "
+print(f"profile {stage.profile}: models {', '.join(f'{k} = {v}' for k, v in model_dirs.items())}; K = {cfg.k_samples} "
       f"samples (T = {cfg.temperature}, top-p {cfg.top_p}, top-k {cfg.top_k}); max {cfg.max_new_tokens} new tokens; "
       f"{len(cfg.detectors)} detectors x spans {cfg.spans}; {cfg.bootstrap_resamples} bootstrap resamples; "
       f"{threads} torch threads")
@@ -76,7 +68,7 @@ pd.DataFrame(describe_estimators())[["name", "label", "needs_fit", "supervised"]
 # and F1 thresholds use only the fit split; every metric below is on the test split.
 
 # %%
-prompts = ex.load_prompts(cfg, data_dir)
+prompts = detect.load_prompts(cfg, stage.data)
 prompts.counts()
 
 # %% [markdown]
@@ -89,9 +81,9 @@ prompts.counts()
 # including the final `<eos>`.
 
 # %%
-base_model, base_tok = ex.load_studied_model(model_dirs, data_dir, model_cfg)
+base_model, base_tok = detect.load_studied_model(model_dirs, stage.data, model_cfg)
 stats_dir = reports / "stats"
-base = ex.run_model(cfg, "base", base_model, base_tok, prompts, stats_dir, path=str(model_dirs["base"]), inject=True,
+base = detect.run_model(cfg, "base", base_model, base_tok, prompts, stats_dir, path=str(model_dirs["base"]), inject=True,
                     progress=say)
 print(f"statistics {'reused from' if base.reused else 'computed and stored in'} {stats_dir}: greedy "
       f"{base.timing['greedy_s']:.1f} s, sampling {base.timing['sampling_s']:.1f} s, detectors "
@@ -102,14 +94,14 @@ pd.DataFrame([{"detector": d.key, "status": d.status[:100]} for d in base.dets.v
 # ## Error rates
 #
 # Greedy responses judged wrong by the deterministic checkers, per task and source split (the
-# method card aims for roughly 30-60% on some tasks). For world QA the outcome classes are given
+# target is roughly 30-60% on some tasks, `expected_error_rate`). For world QA the outcome classes are given
 # too: a *hallucination* names a concrete wrong value (for a person who does not exist: any
 # value), an *abstention* says "unknown" about a real person, *other* is off-format.
 
 # %%
-err_table = ex.error_rate_table(base.stats, cfg.expected_error_rate)
+err_table = T.error_rate_table(base.stats, cfg.expected_error_rate)
 display(err_table)
-show(ex.plot_error_rates(err_table), "error_rates")
+show(F.plot_error_rates(err_table), "error_rates")
 
 # %% [markdown]
 # ## Detector table
@@ -122,9 +114,9 @@ show(ex.plot_error_rates(err_table), "error_rates")
 # 95% bootstrap CIs over test responses.
 
 # %%
-table = ex.detector_table(cfg, base.stats, base.dets)
-display(ex.display_table(table, "all"))
-show(ex.plot_detector_auroc(table), "detector_auroc")
+table = T.detector_table(cfg, base.stats, base.dets)
+display(T.display_table(table, "all"))
+show(F.plot_detector_auroc(table), "detector_auroc")
 
 # %% [markdown]
 # ### Per task
@@ -132,7 +124,7 @@ show(ex.plot_detector_auroc(table), "detector_auroc")
 # %%
 for task in [t for t in table.task.unique() if t != "all"]:
     display(Markdown(f"**{task}**"))
-    display(ex.display_table(table, task, span=span))
+    display(T.display_table(table, task, span=span))
 
 # %% [markdown]
 # Pooled AUROC next to its mean over tasks (tasks with at least `claims_min_per_class` right and
@@ -142,7 +134,7 @@ for task in [t for t in table.task.unique() if t != "all"]:
 # differs between tasks can rank well within every task and badly pooled.
 
 # %%
-within_task = ex.within_task_table(table, span, cfg.claims_min_per_class)
+within_task = T.within_task_table(table, span, cfg.claims_min_per_class)
 within_task
 
 # %% [markdown]
@@ -154,10 +146,10 @@ within_task
 # relative to the oracle's.
 
 # %%
-keys = ex.top_keys(table, span)
-roc, pr, rejection = ex.curve_frames(base.stats, base.dets, keys)
-show(ex.plot_roc_pr(roc, pr, float(base.stats.select(split="test").labels().mean())), "roc_pr")
-show(ex.plot_rejection(rejection), "rejection_curves")
+keys = T.top_keys(table, span)
+roc, pr, rejection = T.curve_frames(base.stats, base.dets, keys)
+show(F.plot_roc_pr(roc, pr, float(base.stats.select(split="test").labels().mean())), "roc_pr")
+show(F.plot_rejection(rejection), "rejection_curves")
 
 # %% [markdown]
 # ## Which layer knows best
@@ -166,13 +158,13 @@ show(ex.plot_rejection(rejection), "rejection_curves")
 # time (layer 0 = embeddings), test AUROC per layer.
 
 # %%
-layer_table = ex.per_layer_table(cfg, base.stats)
+layer_table = T.per_layer_table(cfg, base.stats)
 by_layer = layer_table.pivot_table(index="layer", columns=["method", "span"], values="auroc") if len(layer_table) else None
 if by_layer is not None and len(by_layer):
     display(by_layer)
 else:
     print("no per-layer AUROC: too few wrong or right test responses to fit a detector per layer")
-show(ex.plot_per_layer(layer_table), "per_layer_auroc")
+show(F.plot_per_layer(layer_table), "per_layer_auroc")
 
 # %% [markdown]
 # ## Cost
@@ -183,9 +175,9 @@ show(ex.plot_per_layer(layer_table), "per_layer_auroc")
 # amortised here over this stage's test responses. Wall-clock on a shared CPU.
 
 # %%
-cost = ex.cost_table(base.stats, base.dets, base.timing)
+cost = T.cost_table(base.stats, base.dets, base.timing)
 display(cost[cost.span == span].sort_values("total_s_per_1k"))
-show(ex.plot_cost(cost, span), "cost")
+show(F.plot_cost(cost, span), "cost")
 
 # %% [markdown]
 # ## Injected errors (AEGIS-style)
@@ -206,14 +198,14 @@ show(ex.plot_cost(cost, span), "cost")
 # answer, can see the corruption.
 
 # %%
-inj_table = ex.injected_table(cfg, base.stats, base.dets, base.injected)
+inj_table = T.injected_table(cfg, base.stats, base.dets, base.injected)
 print(f"injections: {base.injected.counts}")
 if len(inj_table):
-    display(ex.injection_examples(base.injected))
+    display(T.injection_examples(base.injected))
     display(inj_table[inj_table.span == span])
 else:
     print("no injected errors: no correct test response to corrupt")
-show(ex.plot_injected(inj_table, span), "injected_vs_natural")
+show(F.plot_injected(inj_table, span), "injected_vs_natural")
 
 # %% [markdown]
 # ## Fine-tuned models (NoiseFiT exports)
@@ -230,31 +222,49 @@ runs = [base]
 if not cfg.models:
     print("error_detection.models is empty: no fine-tuned models to compare (part 4 skipped).")
 for name, path in list(model_dirs.items())[1:]:
-    m, tok = ex.load_model_dir(path)
-    runs.append(ex.run_model(cfg, name, m, tok, prompts, stats_dir, path=str(path), spans=[span], progress=say))
+    m, tok = detect.load_model_dir(path)
+    runs.append(detect.run_model(cfg, name, m, tok, prompts, stats_dir, path=str(path), spans=[span], progress=say))
     del m
-models_table = ex.model_table(cfg, runs)
+models_table = T.model_table(cfg, runs)
 if len(runs) > 1:
     shown = [c for c in ("auroc", "auroc_task_mean", "prr") if c in models_table]
     display(models_table.pivot_table(index="label", columns="model", values=shown, sort=False))
     display(pd.DataFrame([{"model": r.name, "error_rate": float(r.stats.select(split="test").labels().mean()),
                            "generation_s": r.timing["greedy_s"] + r.timing["sampling_s"]} for r in runs]))
-show(ex.plot_models(models_table), "models")
+show(F.plot_models(models_table), "models")
 
 # %% [markdown]
 # ## Claims
 #
-# Each row: the effect on the test split with a 95% paired bootstrap CI over test responses
-# (one model and one seed, so `n_seeds` = 1). *supported* / *not supported*: the CI excludes 0 in /
-# against the expected direction; *inconclusive* otherwise (claim 4 states its own rule in its
-# note). AUROC is averaged over the tasks that have enough right and wrong test responses
-# (`claims_aggregate: task_mean`, as per-benchmark papers report it); each note also gives the
-# pooled value. "The best of a group" is always chosen on the fit split, never by test labels.
+# Each claim compares two detectors' test AUROC on this one model: the effect is method minus
+# baseline, with a 95% paired bootstrap interval over test responses and the bootstrap's two-sided
+# p-value; the verdict follows the project's one rule (`trustlab.core.claims`): *supported* when
+# p < 0.05 in the expected direction, *not supported* when p < 0.05 the other way, *inconclusive*
+# otherwise, *not evaluated* (with the reason) when a detector did not run or there are too few
+# resamples. The interval covers response sampling only, not training-seed variation. AUROC is
+# averaged over the tasks that have enough right and wrong test responses (`claims_aggregate:
+# task_mean`, as per-benchmark papers report it); each note also gives the pooled value. "The best
+# of a group" is always chosen on the fit split, never by test labels.
 
 # %%
-claims = ex.make_claims(cfg, base.stats, base.dets)
-claims_df = ex.claims_frame(claims)
-claims_df[["claim", "metric", "expected", "effect", "ci_low", "ci_high", "verdict", "note"]]
+results = detect.Results(cfg, runs, model_dirs)
+claims = C.claim_rows(cfg, base.stats, base.dets)
+claims_df = T.claims_frame(claims)
+claims_df[["id", "claim", "metric", "effect", "ci_low", "ci_high", "p_value", "verdict", "reason", "note"]]
+
+# %% [markdown]
+# ## F1 at the base rate (a check, not a claim)
+#
+# ReaLMistake's observation: when most responses are wrong, answering "error" always gets a high
+# F1, so F1 can rank a trivial baseline above an informative detector. The detector with the best
+# fit-split AUROC is thresholded on the fit split; its test F1 minus the always-error F1 is shown
+# with a bootstrap interval next to its AUROC interval. *misleading*: the AUROC interval lies above
+# 0.5 while the F1 gain's reaches 0; *credits*: the F1 gain's interval lies above 0; *undecided*
+# otherwise.
+
+# %%
+f1_check = T.f1_base_rate_check(cfg, base.stats, base.dets)
+f1_check
 
 # %% [markdown]
 # ## Discussion
@@ -262,7 +272,8 @@ claims_df[["claim", "metric", "expected", "effect", "ci_low", "ci_high", "verdic
 # What the numbers of this run show (generated from the results):
 
 # %%
-display(Markdown(ex.findings(cfg, base, table, claims, err_table, inj_table, models_table)))
+findings = R.findings(cfg, base, table, claims, err_table, inj_table, models_table, f1_check)
+display(Markdown(findings))
 
 # %% [markdown]
 # **Scale and honesty.** The model is a tiny GPT (about 1M parameters) trained from scratch on the
@@ -279,26 +290,25 @@ display(Markdown(ex.findings(cfg, base, table, claims, err_table, inj_table, mod
 # %% [markdown]
 # ## Outputs
 #
-# `metrics.json` (headline numbers, claims, tables, timing), plot data under `plots/`, figures under
-# `figures/`, the stored statistics under `stats/`, and one W&B run per model (group
-# `error_detection`) with the detector table, the curves and the HTML summary.
+# `metrics.json` (headline numbers, claims, tables, the F1 base-rate check), `headline.json`, plot
+# data under `plots/`, wall times and the cost table in `timing.json`, figures under `figures/`,
+# the stored statistics under `stats/`, and one W&B run per model (group `error_detection`) with
+# the detector table, the curves and the HTML summary.
 
 # %%
-stage_seconds = time.perf_counter() - stage_t0
 tables = {"detectors": table, "within_task": within_task, "error_rates": err_table, "cost": cost,
           "per_layer": layer_table, "injected": inj_table, "models": models_table, "claims": claims_df,
           "roc": roc, "pr": pr, "rejection": rejection}
-metrics = ex.write_outputs(reports, cfg, runs, tables, claims, profile=profile_name, stage_seconds=stage_seconds,
-                           notes={"models": "none listed" if not cfg.models else list(model_dirs)[1:]})
-summary_html = write_summary_html(
-    reports / "summary.html", "error detection: summary",
-    [("Claims", claims_df), ("Detectors (test, all tasks)", ex.display_table(table, "all")),
-     ("Pooled vs within-task AUROC", within_task), ("Error rates", err_table), ("Cost", cost[cost.span == span]),
-     ("Injected errors", inj_table), ("Models", models_table),
-     *[(n, figures.path(n)) for n in figures],
-     ("Findings", ex.findings(cfg, base, table, claims, err_table, inj_table, models_table))],
+outputs = R.stage_outputs(results, tables, claims, f1_check,
+                          notes={"models": "none listed" if not cfg.models else list(model_dirs)[1:]})
+metrics = close_stage(
+    stage, outputs, summary_title="error detection: summary",
+    summary=[("Claims", claims_df), ("F1 at the base rate (check)", f1_check),
+             ("Detectors (test, all tasks)", T.display_table(table, "all")),
+             ("Pooled vs within-task AUROC", within_task), ("Error rates", err_table),
+             ("Cost", cost[cost.span == span]), ("Injected errors", inj_table), ("Models", models_table),
+             ("Findings", findings)],
+    log_summary=lambda html: R.log_runs(results, {**tables, "f1_base_rate_check": f1_check}, stage.figures, claims,
+                                        profile=stage.profile, html_path=html, summary=outputs.headline),
 )
-ex.log_runs(cfg, runs, tables, figures, claims, profile=profile_name, html_path=summary_html,
-            summary=metrics["headline"])
-print(f"stage time {stage_seconds:.0f} s; wrote {reports / 'metrics.json'}")
 pd.Series(metrics["headline"]).to_frame("value").head(60)

@@ -45,6 +45,34 @@ class _StepTimer(L.Callback):
         self.times.append(time.perf_counter() - self._t0)
 
 
+def matmul_peak(threads: int, size: int = 1024, repeats: int = 20) -> float:
+    """Dense fp32 matmul throughput (FLOP/s) at ``threads`` torch threads: the machine's
+    practical peak that a training step's share is measured against."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        a = torch.randn(size, size, generator=torch.Generator().manual_seed(3))
+        b = torch.randn(size, size, generator=torch.Generator().manual_seed(4))
+        for _ in range(3):
+            a @ b
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            a @ b
+            times.append(time.perf_counter() - t0)
+        return 2 * size**3 / statistics.median(times)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def training_flops_per_token(config: dict) -> float:
+    """Model FLOPs per trained token (forward + backward): ``6 N`` for the weight matmuls (N =
+    parameters outside the embeddings) plus ``12 L d T`` for attention scores and mixing."""
+    L_, d, T = config["n_layer"], config["n_embd"], config["block_size"]
+    n_matmul = 12 * L_ * d * d + d * config["vocab_size"]  # blocks (attention 4d^2 + MLP 8d^2) and the LM head
+    return 6 * n_matmul + 12 * L_ * d * T
+
+
 def bench_training(steps: int, batch_size: int) -> dict:
     g = torch.Generator().manual_seed(0)
     T = DEFAULT["block_size"]
@@ -140,6 +168,10 @@ def main(argv=None) -> dict:
     res.update(bench_attention_probs(model, batch=32, repeats=args.repeats))
     res.update(bench_generation(model, tok, batch=32, new_tokens=64, repeats=max(args.repeats // 2, 2)))
     res.update(bench_training(args.steps, args.train_batch))
+    res["matmul_peak_flops_1thread"] = matmul_peak(1)
+    res["matmul_peak_flops"] = matmul_peak(threads)
+    res["train_flops_per_token"] = training_flops_per_token(DEFAULT)
+    res["train_share_of_peak"] = res["train_flops_per_token"] * res["train_tokens_per_s"] / res["matmul_peak_flops"]
 
     ok_cache = res["kv_cache_speedup"] >= 3.0
     ok_probs = res["probs_fwd_ratio"] <= 1.5
@@ -149,6 +181,10 @@ def main(argv=None) -> dict:
         f"GPT L={DEFAULT['n_layer']} H={DEFAULT['n_head']} d={DEFAULT['n_embd']} T={DEFAULT['block_size']} "
         f"V={DEFAULT['vocab_size']} ({r['params'] / 1e6:.2f}M params), {threads} threads, torch {torch.__version__}",
         f"  training             {r['train_tokens_per_s']:>9,.0f} tokens/s  (batch {args.train_batch}, Lightning fit)",
+        f"  matmul peak (fp32)   {r['matmul_peak_flops'] / 1e9:>9.1f} GFLOP/s at {threads} thread(s), "
+        f"{r['matmul_peak_flops_1thread'] / 1e9:.1f} at 1",
+        f"  training share of peak {r['train_share_of_peak']:>7.1%}  "
+        f"({r['train_flops_per_token'] / 1e6:.2f} MFLOP/token x tokens/s / peak at {threads} thread(s))",
         f"  generation, cache    {r['gen_cached_tokens_per_s']:>9,.0f} tokens/s  (batch 32, 64 new tokens, greedy)",
         f"  generation, no cache {r['gen_uncached_tokens_per_s']:>9,.0f} tokens/s",
         f"  KV-cache speedup     {r['kv_cache_speedup']:>9.2f}x         target >= 3x:   {mark(ok_cache)}",

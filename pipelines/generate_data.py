@@ -16,6 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
 
+from trustlab.core.interrupts import exit_loudly_on_signals  # noqa: E402
 from trustlab.core.config import ConfigError, load_section  # noqa: E402
 from trustlab.data.config import DataConfig  # noqa: E402
 from trustlab.data.generate import generate_all  # noqa: E402
@@ -43,4 +44,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    with exit_loudly_on_signals("data"):
+        sys.exit(main())

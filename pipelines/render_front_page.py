@@ -3,7 +3,9 @@
     python pipelines/render_front_page.py [--reports-dir reports] [--data-dir data] [--profile smoke]
 
 The final ``report`` stage of ``dvc.yaml``. It gathers every stage's ``metrics.json``,
-report and figures (a stage that has not run is listed as *not run*), then logs the page
+report and figures (a stage that has not run is listed as *not run*) and fails, naming the
+file, on a missing or malformed ``metrics.json`` or a claims row that breaks the claims rule
+(exit status 1). Then it logs the page
 to W&B (group ``report``, job type ``report``) as ``wandb.Html`` and as a ``report``
 artifact, with the claims as a ``wandb.Table``. Tracking follows ``tracking.mode`` /
 ``$TRUSTLAB_WANDB_MODE`` like every stage; with W&B offline the page shows the sync command.
@@ -18,8 +20,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "lib"))
 
-from trustlab.reporting import frontpage  # noqa: E402
+from trustlab.core.claims import COLUMNS, VERDICTS, count_verdicts  # noqa: E402
 from trustlab.core.config import ConfigError, load_params  # noqa: E402
+from trustlab.reporting import frontpage  # noqa: E402
 from trustlab.stages import validate_params  # noqa: E402
 from trustlab.tracking import resolve_mode, start_run_object, wandb_dir  # noqa: E402
 
@@ -72,14 +75,14 @@ def render(
         if page.claims:
             import pandas as pd
 
-            run.log_table("claims", pd.DataFrame(page.claims, columns=list(frontpage.CLAIM_COLUMNS)))
+            table = pd.DataFrame(page.claims, columns=list(COLUMNS))
+            table["range"] = table["range"].map(str)  # a W&B table cell holds a scalar
+            run.log_table("claims", table)
+        counts = count_verdicts(page.claims)
         run.summary(
             {
-                "claims_total": len(page.claims),
-                **{
-                    f"claims_{v.replace(' ', '_')}": sum(r["verdict"] == v for r in page.claims)
-                    for v in frontpage.VERDICTS
-                },
+                "claims_total": sum(counts.values()),
+                **{f"claims_{v.replace(' ', '_')}": counts[v] for v in VERDICTS},
                 "stages_run": sum(s.status != "not run" for s in page.stages),
             }
         )
@@ -107,14 +110,15 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except frontpage.FrontPageError as exc:
+        print(f"error: the front page was not written: {exc}", file=sys.stderr)
+        return 1
     not_run = [s.name for s in page.stages if s.status == "not run"]
     print(
         f"front page: {page.html_path} ({len(page.claims)} claims"
         + (f"; not run: {', '.join(not_run)}" if not_run else "")
         + ")"
     )
-    for problem in page.problems:
-        print(f"warning: {problem}", file=sys.stderr)
     if not args.quiet and page.claims:
         print(frontpage.claims_as_text(page.claims))
     return 0

@@ -5,13 +5,17 @@
 Parameters come from the notebook's ``params.yaml`` section (plus the profile's overrides),
 validated here before the kernel starts and again inside the notebook. The executed
 notebook goes to ``<reports-dir>/<name>.ipynb`` and the report to ``<reports-dir>/index.html``.
-A cell error fails with exit code 1; the executed notebook then shows the error.
+A cell error fails with exit code 1; the executed notebook then shows the error. A notebook
+that ran without writing ``metrics.json`` fails too. SIGTERM / SIGINT fail the stage (exit
+143 / 130) with one line, and the kernel is shut down with it. The run's wall time goes to
+``timing.json``, never into ``metrics.json``.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -22,6 +26,7 @@ sys.path.insert(0, str(ROOT / "lib"))
 
 from trustlab.core import io  # noqa: E402
 from trustlab.core.config import ConfigError, load_params  # noqa: E402
+from trustlab.core.interrupts import exit_loudly_on_signals  # noqa: E402
 from trustlab.profiles import check_environment  # noqa: E402
 from trustlab.reporting.html import render_html  # noqa: E402
 from trustlab.stages import NOTEBOOKS, section_class  # noqa: E402
@@ -54,6 +59,9 @@ def run(
     reports_dir = (reports_dir or ROOT / "reports" / name).resolve()
     data_dir = (data_dir or ROOT / "data").resolve()
     reports_dir.mkdir(parents=True, exist_ok=True)
+    # A run killed with SIGKILL leaves its temporary folder behind; the next start clears it.
+    for stale in reports_dir.glob(".run-*"):
+        shutil.rmtree(stale, ignore_errors=True)
     parameters = {
         "profile": params["profile"],
         "params": params.get(section) or {},
@@ -121,10 +129,21 @@ def run(
     log_report(section, reports_dir / "index.html", config={"profile": params["profile"], section: params.get(section) or {}},
                mode=(params.get("tracking") or {}).get("mode"))
     metrics_path = reports_dir / "metrics.json"
-    if metrics_path.exists():
-        metrics = io.read_json(metrics_path)
-        metrics["run"] = {**metrics.get("run", {}), "profile": params["profile"], "wall_time_s": round(wall, 1)}
+    if not metrics_path.exists():
+        print(f"error: notebook {name} ran but wrote no {metrics_path}; the stage has no results", file=sys.stderr)
+        raise SystemExit(1)
+    metrics = io.read_json(metrics_path)
+    recorded = (metrics.get("run") or {}).get("profile")
+    if recorded is None:
+        metrics["run"] = {**metrics.get("run", {}), "profile": params["profile"]}
         io.write_json(metrics_path, metrics)
+    elif recorded != params["profile"]:
+        print(f"error: {metrics_path} records profile {recorded!r}, but the stage ran with {params['profile']!r}",
+              file=sys.stderr)
+        raise SystemExit(1)
+    timing_path = reports_dir / "timing.json"
+    timing = io.read_json(timing_path) if timing_path.exists() else {}
+    io.write_json(timing_path, {**timing, "runner_wall_s": round(wall, 1)})
     print(f"{name}: executed in {wall:.1f}s -> {out_nb.relative_to(ROOT) if out_nb.is_relative_to(ROOT) else out_nb}")
     return out_nb
 
@@ -138,11 +157,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--params-file", type=Path, default=None)
     parser.add_argument("--timeout", type=int, default=3600, help="per-cell execution timeout in seconds")
     args = parser.parse_args(argv)
-    try:
-        run(args.notebook, args.profile, args.reports_dir, args.data_dir, args.timeout, args.params_file)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    with exit_loudly_on_signals(args.notebook):
+        try:
+            run(args.notebook, args.profile, args.reports_dir, args.data_dir, args.timeout, args.params_file)
+        except ConfigError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     return 0
 
 

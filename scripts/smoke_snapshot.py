@@ -20,16 +20,20 @@ import sys
 from pathlib import Path
 
 STAGES = ["00_data", "01_base_model", "calibration", "noisefit", "entropy_attention", "error_detection"]
-TIMING_KEY = re.compile(
-    r"(time|seconds|wall|_s$|_s_per_|/s_per_|_sec|per_s|git_|tokens_s|throughput|speed|ratio|overhead|elapsed|duration|cpu|utilis|share_of_peak|gflop)",
-    re.I,
-)
+# a key is a timing (or machine fact) when one of its words is one of these
+TIMING_WORDS = {"time", "times", "timing", "seconds", "secs", "sec", "s", "wall", "ratio", "overhead", "elapsed",
+                "duration", "cpu", "utilisation", "utilization", "throughput", "speed", "flops", "gflops", "git", "tokens/s"}
+
+
+def _is_timing(key: str) -> bool:
+    words = set(re.split(r"[_/\s.-]+", key.lower()))
+    return bool(words & TIMING_WORDS) or key.lower().startswith("tokens_per")
 
 
 def _strip(obj, out: str):
     """Drop timing keys; write the output folder as <out> so two folders compare equal."""
     if isinstance(obj, dict):
-        return {k: _strip(v, out) for k, v in obj.items() if not TIMING_KEY.search(str(k))}
+        return {k: _strip(v, out) for k, v in obj.items() if not _is_timing(str(k))}
     if isinstance(obj, list):
         return [_strip(v, out) for v in obj]
     if isinstance(obj, str):
@@ -49,7 +53,10 @@ def run(out: Path, root: Path) -> Path:
         subprocess.run([py, *args], cwd=root, env=env, check=True)
 
     call("pipelines/generate_data.py", "--profile", "smoke", "--out", str(data / "generated"))
-    call("pipelines/pretrain_base.py", "--profile", "smoke", "--data-dir", str(data), "--out", str(data / "models" / "base"))
+    pretrain = ["pipelines/pretrain_base.py", "--profile", "smoke", "--data-dir", str(data), "--out", str(data / "models" / "base")]
+    if "--reports-dir" in (root / "pipelines" / "pretrain_base.py").read_text():  # keep timings out of reports/
+        pretrain += ["--reports-dir", str(out / "reports" / "base_model")]
+    call(*pretrain)
     snapshot = {"base_model": json.loads((data / "models" / "base" / "metrics.json").read_text())}
     for stage in STAGES:
         reports = out / "reports" / stage

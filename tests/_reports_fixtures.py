@@ -1,7 +1,9 @@
 """Report fixtures shared by the front-page, browser and offline-W&B tests.
 
+- :func:`claim`: a claims row made by the claims engine, with the verdict asked for.
 - :func:`make_stage`: a synthetic ``reports/<stage>/`` (metrics.json in the families' format,
-  real PNG figures, a small index.html) for stages a test does not execute.
+  timing.json as the runner leaves it, real PNG figures, a small index.html) for stages a
+  test does not execute.
 - :func:`smoke_reports`: one real family report, executed by the runner under the smoke
   profile with W&B offline into a temporary ``wandb/``; built once per test session.
 """
@@ -20,31 +22,59 @@ ROOT = Path(__file__).resolve().parents[1]
 SMOKE_FAMILY = "entropy_attention"  # needs generated data only (no base model): the quickest real report
 
 
+# Per-seed differences (method - baseline) that give each verdict for a claim expecting a
+# decrease under the claims engine's rule (three seeds, a paired t-test).
+_DIFFERENCES = {
+    "supported": (-0.010, -0.012, -0.014),
+    "not supported": (0.010, 0.012, 0.014),
+    "inconclusive": (0.010, -0.012, 0.004),
+}
+
+
 def claim(
     family: str,
     verdict: str,
-    effect: float | None,
-    lo: float | None,
-    hi: float | None,
-    n: int = 3,
+    *,
+    claim: str | None = None,
     metric: str = "ece",
     expected: str = "decrease",
     paper: str = "Mukhoti et al. 2020",
-    **kw: Any,
+    unit: str = "seeds",
+    note: str = "",
+    paper_effect: float | None = None,
+    id: str | None = None,
 ) -> dict:
-    return {
-        "family": family,
-        "claim": kw.get("claim", f"{metric} {expected}s"),
-        "paper": paper,
-        "metric": metric,
-        "expected": expected,
-        "effect": effect,
-        "ci_low": lo,
-        "ci_high": hi,
-        "n_seeds": n,
-        "verdict": verdict,
-        "note": kw.get("note", ""),
-    }
+    """A claims row made by the claims engine with the given verdict: seed-level rows from three
+    paired seeds, item-level rows from a normal bootstrap, 'not evaluated' rows with a reason."""
+    import numpy as np
+
+    from trustlab.core import claims as engine
+
+    spec = engine.ClaimSpec(
+        id=id or f"{metric}-{verdict.replace(' ', '-')}",
+        claim=claim or f"{metric} {expected}s ({verdict})",
+        paper=paper,
+        metric=metric,
+        method="method",
+        baseline="baseline",
+        expected=expected,
+        unit=unit,
+        range=(0.0, 1.0),
+        paper_effect=paper_effect,
+        paper_effect_source="Table 1" if paper_effect is not None else "",
+        note=note,
+    )
+    if verdict == "not evaluated":
+        return engine.unevaluated_row(family, spec, "the variant was not run")
+    sign = 1.0 if expected == "decrease" else -1.0
+    diffs = sign * np.array(_DIFFERENCES[verdict])
+    if unit == "items":
+        rng = np.random.default_rng(0)
+        effect = float(diffs.mean())
+        spread = 0.002 if verdict != "inconclusive" else 0.05
+        return engine.item_row(family, spec, effect, effect + spread * rng.standard_normal(2000), n=400)
+    baseline = np.array([0.10, 0.12, 0.11])
+    return engine.seed_row(family, spec, baseline + diffs, baseline)
 
 
 _PNG: dict[str, bytes] = {}
@@ -90,10 +120,11 @@ def make_stage(
     metrics = {
         "headline": headline or {"acc": 0.9, "ece": 0.05},
         "claims": claims or [],
-        "run": {"profile": profile, "wall_time_s": wall_time_s},
+        "run": {"profile": profile},
         **extra,
     }
     (stage / "metrics.json").write_text(json.dumps(metrics))
+    (stage / "timing.json").write_text(json.dumps({"runner_wall_s": wall_time_s}))  # as the runner leaves it
     if html:
         (stage / "index.html").write_text(
             f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{name}</title></head>"

@@ -11,6 +11,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "lib"))
 sys.path.insert(0, str(ROOT / "tests"))  # the shared _reports_fixtures helper
+sys.path.insert(0, str(ROOT / "tests" / "e2e"))  # e2e_helpers
 
 os.environ["TRUSTLAB_WANDB_MODE"] = "disabled"
 os.environ["WANDB_MODE"] = "disabled"
@@ -59,7 +60,8 @@ def smoke_data_dir(tmp_path_factory) -> Path:
     generated data in ``generated/`` and the pretrained base model in ``models/base``."""
     data = tmp_path_factory.mktemp("smoke") / "data"
     _run(["pipelines/generate_data.py", "--profile", "smoke", "--out", str(data / "generated")])
-    _run(["pipelines/pretrain_base.py", "--profile", "smoke", "--data-dir", str(data), "--out", str(data / "models" / "base")])
+    _run(["pipelines/pretrain_base.py", "--profile", "smoke", "--data-dir", str(data), "--out", str(data / "models" / "base"),
+          "--reports-dir", str(data.parent / "reports" / "base_model")])
     return data
 
 

@@ -3,9 +3,10 @@
 Pages: the front page (one real family report executed by the runner on smoke data, one
 synthetic family, the rest not run), every stage's report executed by the runner under the
 smoke profile (shared with the end-to-end tests), and a ``dvc plots show`` page made with the
-offline template. For each: every image loaded (``naturalWidth > 0``), the expected
-headings and tables are there, no console error, no request left the machine, and a
-full-page screenshot is saved under the test's tmp dir.
+offline template. For each: every image loaded (``naturalWidth > 0``), no figure appears
+twice, the expected headings and tables are there, no console error, no request left the
+machine, and a full-page screenshot is saved under the test's tmp dir. The front page's
+claims table is sorted and filtered by clicking, as a reader would.
 
 Needs Debian's ``chromium`` and ``chromium-driver`` (``make test`` installs them when run as
 root); without them the tests skip locally and fail in CI (``$CI`` set).
@@ -14,6 +15,8 @@ root); without them the tests skip locally and fail in CI (``$CI`` set).
 from __future__ import annotations
 
 import base64
+import collections
+import hashlib
 import json
 import os
 import re
@@ -24,7 +27,7 @@ from pathlib import Path
 import jupytext
 import pytest
 
-from _reports_fixtures import SMOKE_FAMILY, claim, dvc_plots_page, make_stage, smoke_reports
+from _reports_fixtures import SMOKE_FAMILY, claim, dvc_plots_page, make_stage, png, smoke_reports
 from trustlab.stages import NOTEBOOKS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,7 +38,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.e2e]
 # Everything but local files and inline data is refused at three levels: the DevTools network
 # block list, a host resolver that resolves nothing, and a proxy to a closed port.
 BLOCKED = ["http://*", "https://*", "ws://*", "wss://*", "ftp://*"]
-LOCAL_SCHEMES = ("file:", "data:", "blob:", "about:", "chrome:", "devtools:")
+LOCAL_SCHEMES = ("file:", "data:", "blob:", "about:", "chrome:", "chrome-untrusted:", "devtools:")  # browser-internal pages
 
 
 @pytest.fixture(scope="module")
@@ -102,6 +105,7 @@ def load(driver, path: Path, shot: Path) -> dict:
         const text = e => e.textContent.replace(/\\u00b6/g, '').trim();
         return {
           images: Array.from(document.images).map(i => ({src: i.src.slice(0, 40), width: i.naturalWidth})),
+          image_sources: Array.from(document.images).map(i => i.src),
           headings: Array.from(document.querySelectorAll('h1, h2, h3')).map(text),
           tables: Array.from(document.querySelectorAll('table'))
                        .map(t => ({id: t.id, rows: t.querySelectorAll('tbody tr').length})),
@@ -110,6 +114,7 @@ def load(driver, path: Path, shot: Path) -> dict:
     shot.parent.mkdir(parents=True, exist_ok=True)
     png = driver.execute_cdp_cmd("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True})
     shot.write_bytes(base64.b64decode(png["data"]))
+    page["image_digests"] = [hashlib.sha256(src.encode()).hexdigest() for src in page.pop("image_sources")]
     page["console"] = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
     page["remote_requests"] = [u for u in _requests(driver) if not u.startswith(LOCAL_SCHEMES)]
     return page
@@ -119,6 +124,8 @@ def assert_clean(page: dict, shot: Path, min_images: int = 1) -> None:
     assert len(page["images"]) >= min_images, page["images"]
     broken = [i for i in page["images"] if i["width"] <= 0]
     assert not broken, f"images that did not load: {broken}"
+    repeated = [n for n in collections.Counter(page["image_digests"]).values() if n > 1]
+    assert not repeated, f"{len(repeated)} figure(s) appear more than once on the page"
     assert not page["console"], f"console errors: {page['console']}"
     assert not page["remote_requests"], f"the page tried to reach the network: {page['remote_requests']}"
     import matplotlib.image
@@ -144,9 +151,10 @@ def pages(tmp_path_factory):
         "calibration",
         figures=("reliability_ce",),
         claims=[
-            claim("calibration", "supported", -0.02, -0.03, -0.01, claim="focal loss lowers ECE"),
-            claim("calibration", "not supported", 0.03, 0.01, 0.05, metric="nll", claim="label smoothing lowers NLL"),
-            claim("calibration", "inconclusive", 0.001, -0.01, 0.012, metric="brier", claim="MMCE lowers Brier"),
+            claim("calibration", "supported", claim="focal loss lowers ECE", paper_effect=-0.02),
+            claim("calibration", "not supported", metric="nll", claim="label smoothing lowers NLL"),
+            claim("calibration", "inconclusive", metric="brier", claim="MMCE lowers Brier", unit="items"),
+            claim("calibration", "not evaluated", metric="acc", claim="the calibrator keeps accuracy"),
         ],
     )
     env = {**os.environ, "TRUSTLAB_WANDB_MODE": "disabled"}
@@ -172,6 +180,11 @@ def pages(tmp_path_factory):
     return reports
 
 
+N_SYNTHETIC_CLAIMS = 4  # the calibration rows of `pages`
+CLAIM_HEADERS = ["Family", "Claim", "Source paper", "Metric", "Unit", "n", "Effect [95% CI]", "Test", "p", "MDE",
+                 "Paper effect", "Power", "Verdict"]  # fmt: skip
+
+
 def test_the_checks_can_fail(browser, tmp_path):
     """A remote image is refused (broken image, request recorded) and a script error reaches
     the console log: the clean pages below are clean for a reason."""
@@ -190,6 +203,14 @@ def test_the_checks_can_fail(browser, tmp_path):
     )
     page = load(browser, broken, tmp_path / "broken.png")
     assert any("notDefinedAnywhere" in e["message"] for e in page["console"]), page["console"]
+    # the same figure twice is caught
+    src = "data:image/png;base64," + base64.b64encode(png(tmp_path / "one.png").read_bytes()).decode()
+    twice = tmp_path / "twice.html"
+    twice.write_text(f'<!DOCTYPE html><html><head><link rel="icon" href="data:,"></head><body><h1>z</h1>'
+                     f'<img src="{src}"><img src="{src}"></body></html>')  # fmt: skip
+    page = load(browser, twice, tmp_path / "twice.png")
+    with pytest.raises(AssertionError, match="appear more than once"):
+        assert_clean(page, tmp_path / "twice.png", min_images=2)
 
 
 def test_front_page_renders_offline(browser, pages, tmp_path):
@@ -213,7 +234,7 @@ def test_front_page_renders_offline(browser, pages, tmp_path):
         assert heading in page["headings"], (heading, page["headings"])
     tables = {t["id"]: t["rows"] for t in page["tables"] if t["id"]}
     smoke_claims = len(json.loads((pages / SMOKE_FAMILY / "metrics.json").read_text())["claims"])
-    assert tables["claims-table"] == 3 + smoke_claims
+    assert tables["claims-table"] == N_SYNTHETIC_CLAIMS + smoke_claims
     assert tables["reports-table"] == 6 and tables["versions-table"] >= 7 and tables["manifests-table"] >= 1
     assert (
         browser.execute_script(
@@ -231,32 +252,78 @@ def test_front_page_renders_offline(browser, pages, tmp_path):
 
 def test_front_page_claims_sort_and_colours(browser, pages, tmp_path):
     load(browser, pages / "index.html", tmp_path / "front_page_sorted.png")
+    headers = browser.execute_script(
+        "return Array.from(document.querySelectorAll('#claims-table th')).map(th => th.textContent.trim())"
+    )
+    assert headers == CLAIM_HEADERS
 
-    def column(i: int) -> list[str | None]:
+    def column(name: str) -> list[str | None]:
         return browser.execute_script(
             "return Array.from(document.querySelectorAll('#claims-table tbody tr'))"
-            f".map(r => r.cells[{i}].getAttribute('data-sort'))"
+            f".map(r => r.cells[{headers.index(name)}].getAttribute('data-sort'))"
         )
 
     def click(header: str) -> None:
         browser.execute_script(
             "Array.from(document.querySelectorAll('#claims-table th'))"
-            ".find(th => th.textContent.startsWith(arguments[0])).click()",
+            ".find(th => th.textContent.trim() === arguments[0]).click()",
             header,
         )
 
-    click("Effect")
-    effects = [float(x) for x in column(4) if x]
+    click("Effect [95% CI]")
+    effects = [float(x) for x in column("Effect [95% CI]") if x]
     assert effects == sorted(effects) and len(effects) >= 3
-    click("Effect")
-    assert [float(x) for x in column(4) if x] == sorted(effects, reverse=True)
+    click("Effect [95% CI]")
+    assert [float(x) for x in column("Effect [95% CI]") if x] == sorted(effects, reverse=True)
+    click("p")
+    ps = [float(x) for x in column("p") if x]
+    assert ps == sorted(ps) and len(ps) >= 3
     click("Verdict")
-    assert column(6) == sorted(column(6))
+    assert column("Verdict") == sorted(column("Verdict"))
     colours = browser.execute_script("""
         const bg = c => getComputedStyle(document.querySelector('#claims-table td.' + c)).backgroundColor;
-        return {ok: bg('v-supported'), bad: bg('v-not'), mid: bg('v-inconclusive')};""")
+        return {ok: bg('v-supported'), bad: bg('v-not'), mid: bg('v-inconclusive'), none: bg('v-none')};""")
     rgb = {k: [int(x) for x in re.findall(r"\d+", v)[:3]] for k, v in colours.items()}
-    assert rgb["ok"][1] > rgb["ok"][0] and rgb["bad"][0] > rgb["bad"][1] and len({tuple(v) for v in rgb.values()}) == 3
+    assert rgb["ok"][1] > rgb["ok"][0] and rgb["bad"][0] > rgb["bad"][1] and len({tuple(v) for v in rgb.values()}) == 4
+    # the new columns carry values on the synthetic rows
+    units = browser.execute_script(
+        "return Array.from(document.querySelectorAll('#claims-table tbody tr[data-family=\"calibration\"]'))"
+        f".map(r => [r.cells[{headers.index('Unit')}].textContent, r.cells[{headers.index('Test')}].textContent,"
+        f" r.cells[{headers.index('Power')}].textContent])"
+    )
+    assert sorted(u[0] for u in units) == ["items", "seeds", "seeds", "seeds"]
+    assert ["seeds", "paired t-test", "powered"] in units and ["seeds", "none", "not evaluated"] in units
+
+
+def test_front_page_claims_filters(browser, pages, tmp_path):
+    load(browser, pages / "index.html", tmp_path / "front_page_filtered.png")
+
+    def choose(select_id: str, value: str) -> None:
+        browser.execute_script(
+            "const s = document.getElementById(arguments[0]); s.value = arguments[1];"
+            "s.dispatchEvent(new Event('change'));",
+            select_id,
+            value,
+        )
+
+    def visible() -> list[tuple[str, str]]:
+        return browser.execute_script(
+            "return Array.from(document.querySelectorAll('#claims-table tbody tr'))"
+            ".filter(r => r.offsetParent !== null)"
+            ".map(r => [r.getAttribute('data-family'), r.getAttribute('data-verdict')])"
+        )
+
+    total = len(visible())
+    choose("filter-family", "calibration")
+    assert [f for f, _ in visible()] == ["calibration"] * N_SYNTHETIC_CLAIMS
+    choose("filter-verdict", "supported")
+    assert visible() == [["calibration", "supported"]]
+    count = browser.execute_script("return document.querySelector('[data-count=\"claims-table\"]').textContent")
+    assert count == f"1 of {total} rows shown"
+    choose("filter-family", "")
+    assert all(v == "supported" for _, v in visible())
+    choose("filter-verdict", "")
+    assert len(visible()) == total
 
 
 def test_family_report_renders_offline(browser, pages, tmp_path):

@@ -9,53 +9,13 @@ cheapest stages with metrics.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
-import yaml
+from e2e_helpers import sh as _sh
 
-ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.e2e
-
-
-def _sh(args: list[str], cwd: Path, env: dict, timeout: int = 300) -> str:
-    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, f"{' '.join(args)}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    return proc.stdout
-
-
-@pytest.fixture
-def repo_copy(tmp_path) -> tuple[Path, dict]:
-    files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
-    dst = tmp_path / "repo"
-    for rel in filter(None, files.decode().split("\0")):
-        src = ROOT / rel
-        if src.is_file():
-            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dst / rel)
-    # the sweep's only stages: data -> data_report (notebook); the smoke profile keeps it small
-    params = yaml.safe_load((dst / "params.yaml").read_text())
-    params["profile"] = "smoke"
-    (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    bin_dir = Path(sys.executable).parent
-    env = {
-        **os.environ,
-        "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
-        "PYTHONPATH": str(dst / "lib"),
-        "TRUSTLAB_ROOT": "",  # each experiment workspace finds its own params.yaml
-        "DVC_NO_ANALYTICS": "1",
-        "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t",
-    }
-    env.pop("TRUSTLAB_ROOT")
-    _sh(["git", "init", "-q", "-b", "main"], dst, env)
-    _sh(["git", "add", "-A"], dst, env)
-    _sh(["git", "commit", "-qm", "copy"], dst, env)
-    return dst, env
 
 
 def test_queued_sweep_runs_in_parallel_and_is_compared(repo_copy):

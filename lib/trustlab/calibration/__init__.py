@@ -1,13 +1,15 @@
-"""Calibration losses, post-hoc calibrators and calibration metrics (method card:
-``/work/shared/methods/calibration.md``).
+"""Calibration losses, post-hoc calibrators and calibration metrics (method background:
+docs/methods/calibration.md).
 
-Modules: :mod:`.losses` (training losses + ``build_loss`` registry), :mod:`.calibrators`
-(temperature scaling, correctness-aware CA), :mod:`.metrics` (ECE, adaptive / classwise ECE,
-MCE, Brier, AURC, NLL, reliability diagrams), :mod:`.data` (digits / breast cancer, shifts,
-label noise, crowd annotators, CA views), :mod:`.models`, :mod:`.train` (Lightning),
-:mod:`.config` (``CalibrationConfig``), :mod:`.experiment` (what the notebook calls),
-:mod:`.lm` (answer-level calibration of a language model) and :mod:`.report` (the notebook's
-tables, figures, output files and W&B logging).
+Method modules: :mod:`.losses` (training losses, registry ``LOSSES``), :mod:`.calibrators`
+(temperature scaling, correctness-aware CA; registry ``CALIBRATORS``), :mod:`.metrics` (ECE,
+adaptive / classwise ECE, MCE, Brier, AURC, NLL), :mod:`.lm` (answer-level calibration of a
+language model), :mod:`.data` (digits / breast cancer, shifts, label noise, crowd annotators,
+CA views), :mod:`.models`, :mod:`.module` (Lightning training).
 
-Submodules are imported lazily so that loading the config does not import Lightning.
+The stage: :mod:`.config` (``CalibrationConfig``), :mod:`.run` (the experiments -> ``Results``),
+:mod:`.claims` (the claims as data), :mod:`.tables`, :mod:`.figures` and :mod:`.report`
+(headline, findings, output files, W&B).
+
+Submodules are imported lazily so that loading one does not import the others.
 """

@@ -1,6 +1,15 @@
 """Post-hoc calibrators fitted on held-out (validation) logits. Both divide the logits by a
 positive temperature, so neither changes the argmax (the predictions, hence accuracy).
 
+Every calibrator is a class registered in :data:`CALIBRATORS` under its params.yaml name
+(``calibration.calibrators``), with one interface:
+
+* ``from_config(cfg, seed)``: build it from the ``calibration`` section;
+* ``fit(logits, labels, views=None)``: fit on validation logits (``views``: the model's
+  logits on transformed copies of the same inputs, for calibrators with ``needs_views``);
+* ``calibrator(logits, views=None)``: the calibrated logits;
+* ``mean_temperature(logits, views=None)``: the (mean) temperature it applies, for the tables.
+
 * :class:`TemperatureScaling` (Guo et al. 2017, "On Calibration of Modern Neural Networks"): one
   temperature T for all inputs, fitted by LBFGS on validation NLL from T = 1. We optimise
   ``log T`` so T stays positive.
@@ -13,23 +22,35 @@ positive temperature, so neither changes the argmax (the predictions, hence accu
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["TemperatureScaling", "CACalibrator", "ca_features", "ca_loss"]
+from trustlab.core.registry import Registry
+
+__all__ = ["CALIBRATORS", "TemperatureScaling", "CACalibrator", "ca_features", "ca_loss"]
+
+CALIBRATORS: Registry[type[nn.Module]] = Registry("calibrator")
 
 
 def _as_tensor(x, dtype=torch.float32) -> Tensor:
     return x.detach().to(dtype) if isinstance(x, Tensor) else torch.as_tensor(x, dtype=dtype)
 
 
+@CALIBRATORS.register("ts")
 class TemperatureScaling(nn.Module):
-    """``logits / T`` with one T > 0 minimising validation NLL (Guo et al. 2017).
+    """Temperature scaling ``z / T``, one T > 0 minimising validation NLL (Guo et al. 2017).
 
     ``fit`` runs LBFGS (strong-Wolfe line search) on ``log T`` starting at ``log T = 0``.
     """
+
+    needs_views: ClassVar[bool] = False
+
+    @classmethod
+    def from_config(cls, cfg: Any, seed: int = 0) -> TemperatureScaling:
+        return cls(max_iter=cfg.ts_max_iter)
 
     def __init__(self, max_iter: int = 100, lr: float = 0.5):
         super().__init__()
@@ -41,7 +62,7 @@ class TemperatureScaling(nn.Module):
     def temperature(self) -> float:
         return float(self.log_t.detach().exp())
 
-    def fit(self, logits, labels) -> "TemperatureScaling":
+    def fit(self, logits, labels, views: Sequence | None = None) -> TemperatureScaling:
         z = _as_tensor(logits, torch.float64)
         y = _as_tensor(labels, torch.long)
         with torch.no_grad():
@@ -58,7 +79,10 @@ class TemperatureScaling(nn.Module):
             opt.step(closure)
         return self
 
-    def forward(self, logits: Tensor) -> Tensor:
+    def mean_temperature(self, logits=None, views: Sequence | None = None) -> float:
+        return self.temperature
+
+    def forward(self, logits: Tensor, views: Sequence | None = None) -> Tensor:
         z = _as_tensor(logits)
         return z / self.log_t.detach().exp().to(z.dtype)
 
@@ -90,14 +114,16 @@ def ca_loss(conf: Tensor, correct: Tensor) -> Tensor:
     return (w * sq).sum() / total
 
 
+@CALIBRATORS.register("ca")
 class CACalibrator(nn.Module):
-    """Correctness-aware per-sample temperature scaling (Liu et al. 2024).
+    """Correctness-aware per-sample temperature ``z / T(f)``, ``T(f) = clamp(MLP(f), t_min, t_max)`` (Liu et al. 2024).
 
-    ``T(f) = clamp(MLP(f), t_min, t_max)``, MLP ``n_views*top_k -> hidden -> 1`` with ReLU
-    (12 -> 5 -> 1); calibrated logits ``logits / T(f)``. The output layer starts with zero
-    weights and bias ``init_temperature`` (default 1, the identity; the experiments can start it
-    at the temperature-scaling solution), because outside [t_min, t_max] the clamp has no
-    gradient and a random initialisation (as in the released code) can start dead.
+    MLP ``n_views*top_k -> hidden -> 1`` with ReLU (12 -> 5 -> 1) on the features of
+    :func:`ca_features`, trained with :func:`ca_loss`. The output layer starts with zero
+    weights and bias ``init_temperature`` (default 1, the identity), because outside
+    [t_min, t_max] the clamp has no gradient and a random initialisation (as in the released
+    code) can start dead. With ``init_from_ts`` the bias starts instead at the temperature-
+    scaling solution on the same validation logits (clamped into [t_min, t_max]).
 
     The paper trains with Adam, lr 1e-4, 10 epochs, batch 1000 on a large validation set, i.e.
     a short schedule. That schedule matters: when the features cannot separate correct from
@@ -108,6 +134,14 @@ class CACalibrator(nn.Module):
     paper's total parameter movement (~500 Adam steps at 1e-4), and it converges to a
     TS-like fit in distribution. Both are arguments (``calibration.ca.lr`` / ``epochs``).
     """
+
+    needs_views: ClassVar[bool] = True
+
+    @classmethod
+    def from_config(cls, cfg: Any, seed: int = 0) -> CACalibrator:
+        c = cfg.ca
+        return cls(top_k=c.top_k, hidden=c.hidden, t_min=c.t_min, t_max=c.t_max, lr=c.lr, epochs=c.epochs,
+                   batch_size=c.batch_size, seed=seed, init_from_ts=c.init == "ts", ts_max_iter=cfg.ts_max_iter)
 
     def __init__(
         self,
@@ -122,6 +156,8 @@ class CACalibrator(nn.Module):
         weight_decay: float = 0.0,
         seed: int = 0,
         init_temperature: float = 1.0,
+        init_from_ts: bool = False,
+        ts_max_iter: int = 100,
     ):
         super().__init__()
         if not t_min <= init_temperature <= t_max:
@@ -132,6 +168,8 @@ class CACalibrator(nn.Module):
         self.lr, self.epochs, self.batch_size = float(lr), int(epochs), int(batch_size)
         self.weight_decay = float(weight_decay)
         self.seed = int(seed)
+        self.init_from_ts = bool(init_from_ts)
+        self.ts_max_iter = int(ts_max_iter)
         g = torch.Generator().manual_seed(self.seed)
         self.net = nn.Sequential(nn.Linear(n_views * top_k, hidden), nn.ReLU(), nn.Linear(hidden, 1))
         with torch.no_grad():
@@ -155,10 +193,19 @@ class CACalibrator(nn.Module):
         with torch.no_grad():
             return self.temperatures_from_features(self.features(logits, view_logits))
 
-    def fit(self, logits, view_logits: Sequence, labels) -> "CACalibrator":
+    def mean_temperature(self, logits, views: Sequence) -> float:
+        return float(self.temperatures(logits, views).mean())
+
+    def fit(self, logits, labels, views: Sequence | None = None) -> CACalibrator:
+        if views is None:
+            raise ValueError(f"CA is fitted on the logits of {self.n_views} transformed views: pass views=")
+        if self.init_from_ts:
+            t0 = TemperatureScaling(max_iter=self.ts_max_iter).fit(logits, labels).temperature
+            with torch.no_grad():
+                self.net[2].bias.fill_(min(max(t0, self.t_min), self.t_max))
         z = _as_tensor(logits)
         y = _as_tensor(labels, torch.long)
-        f = self.features(z, view_logits)
+        f = self.features(z, views)
         correct = (z.argmax(-1) == y).float()
         opt = torch.optim.Adam(self.net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         g = torch.Generator().manual_seed(self.seed)
@@ -180,6 +227,6 @@ class CACalibrator(nn.Module):
                 self.history.append(tot / n)
         return self
 
-    def forward(self, logits, view_logits: Sequence) -> Tensor:
+    def forward(self, logits, views: Sequence) -> Tensor:
         z = _as_tensor(logits)
-        return z / self.temperatures(z, view_logits).unsqueeze(-1)
+        return z / self.temperatures(z, views).unsqueeze(-1)

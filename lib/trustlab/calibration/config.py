@@ -1,14 +1,17 @@
 """The ``calibration:`` section of ``params.yaml``.
 
 Every loss name (main table, label-noise robustness, AnyLoss table) and every per-loss
-hyperparameter is checked against the loss registry (:mod:`trustlab.calibration.losses`)
-when the config is loaded, i.e. before anything is trained.
+hyperparameter is checked against the loss registry (:mod:`trustlab.calibration.losses`),
+and every calibrator name against the calibrator registry
+(:mod:`trustlab.calibration.calibrators`), when the config is loaded, i.e. before anything
+is trained.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from trustlab.calibration.calibrators import CALIBRATORS
 from trustlab.calibration.data import NOISE_KINDS, SHIFTS, SOFT_METHODS
 from trustlab.calibration.losses import LOSSES, loss_names, validate_loss
 from trustlab.core.config import ConfigError, Section
@@ -243,7 +246,7 @@ class CalibrationConfig(Section):
         self.check_subset("severities", [1, 2, 3, 4, 5], nonempty=bool(self.shifts))
         self.check_range("n_bins", 2, 100)
         self.check_range("ts_max_iter", 1, None)
-        self.check_subset("calibrators", ["ts", "ca"], nonempty=False)
+        self.check_subset("calibrators", CALIBRATORS.names(), nonempty=False)
 
     def hparams_for(self, loss: str) -> dict[str, float]:
         """The loss's full hyperparameters: registry defaults with this config's overrides."""

@@ -18,11 +18,13 @@ from scipy import ndimage
 from torch.utils.data import Dataset
 
 from trustlab.core.config import ConfigError
+from trustlab.core.registry import Registry
 from trustlab.core.seeding import rng
 
 __all__ = [
     "SHIFTS",
     "NOISE_KINDS",
+    "SOFT_LABELS",
     "SOFT_METHODS",
     "Split",
     "load_digits_split",
@@ -44,7 +46,8 @@ __all__ = [
 
 SHIFTS = ("rotation", "noise", "blur", "contrast", "occlusion")
 NOISE_KINDS = ("uniform", "flip")
-SOFT_METHODS = ("vote", "dawid_skene", "accuracy_weighted", "softmax")
+# soft-labelling methods for crowd labels: (labels (N, A) with -1 = no label, K, temperature) -> (N, K)
+SOFT_LABELS: Registry = Registry("soft-label method")
 
 # severity 1..5 -> parameter (chosen so digits accuracy degrades gradually on this scale)
 SEVERITY = {
@@ -320,8 +323,17 @@ def majority_vote(labels: np.ndarray, num_classes: int, seed: int = 0) -> np.nda
     return np.argmax(counts + jitter * (counts == counts.max(1, keepdims=True)), axis=1)
 
 
-def _dawid_skene(labels: np.ndarray, k: int, n_iter: int = 10, smoothing: float = 0.01) -> np.ndarray:
-    """Dawid & Skene (1979) EM, initialised from vote shares; returns item posteriors (N, K)."""
+@SOFT_LABELS.register("vote")
+def vote_soft_labels(labels: np.ndarray, k: int, temperature: float = 1.0) -> np.ndarray:
+    """The vote distribution ``counts / n_votes``."""
+    counts = vote_counts(labels, k)
+    return counts / counts.sum(1, keepdims=True)
+
+
+@SOFT_LABELS.register("dawid_skene")
+def dawid_skene(labels: np.ndarray, k: int, temperature: float = 1.0, n_iter: int = 10,
+                smoothing: float = 0.01) -> np.ndarray:  # fmt: skip
+    """Dawid & Skene (1979) EM posteriors (per-annotator confusion matrices), initialised from vote shares."""
     n, n_a = labels.shape
     post = vote_counts(labels, k)
     post = post / post.sum(1, keepdims=True)
@@ -342,38 +354,39 @@ def _dawid_skene(labels: np.ndarray, k: int, n_iter: int = 10, smoothing: float 
     return post
 
 
-def soft_labels(labels: np.ndarray, num_classes: int, method: str, temperature: float = 1.0) -> np.ndarray:
-    """One soft-labelling method applied to crowd labels, rows sum to 1:
-
-    * ``vote``: the vote distribution ``counts / n_votes``;
-    * ``dawid_skene``: Dawid-Skene EM posteriors (per-annotator confusion matrices);
-    * ``accuracy_weighted``: votes weighted by each annotator's agreement with the majority vote;
-    * ``softmax``: ``softmax(counts / temperature)`` (a smoothed vote).
-    """
-    k = num_classes
+@SOFT_LABELS.register("accuracy_weighted")
+def accuracy_weighted_soft_labels(labels: np.ndarray, k: int, temperature: float = 1.0) -> np.ndarray:
+    """Votes weighted by each annotator's agreement with the majority vote, normalised per item."""
     counts = vote_counts(labels, k)
-    if method == "vote":
-        return counts / counts.sum(1, keepdims=True)
-    if method == "dawid_skene":
-        return _dawid_skene(labels, k)
-    if method == "accuracy_weighted":
-        mv = counts.argmax(1)
-        w = np.zeros(labels.shape[1])
-        for a in range(labels.shape[1]):
-            ok = labels[:, a] >= 0
-            w[a] = (labels[ok, a] == mv[ok]).mean() if ok.any() else 0.0
-        weighted = np.zeros_like(counts)
-        for a in range(labels.shape[1]):
-            ok = labels[:, a] >= 0
-            np.add.at(weighted, (np.nonzero(ok)[0], labels[ok, a]), w[a])
-        weighted += 1e-12
-        return weighted / weighted.sum(1, keepdims=True)
-    if method == "softmax":
-        z = counts / temperature
-        z = z - z.max(1, keepdims=True)
-        e = np.exp(z)
-        return e / e.sum(1, keepdims=True)
-    raise ConfigError(f"soft-label method = {method!r} is not allowed: choose one of {', '.join(SOFT_METHODS)}")
+    mv = counts.argmax(1)
+    w = np.zeros(labels.shape[1])
+    for a in range(labels.shape[1]):
+        ok = labels[:, a] >= 0
+        w[a] = (labels[ok, a] == mv[ok]).mean() if ok.any() else 0.0
+    weighted = np.zeros_like(counts)
+    for a in range(labels.shape[1]):
+        ok = labels[:, a] >= 0
+        np.add.at(weighted, (np.nonzero(ok)[0], labels[ok, a]), w[a])
+    weighted += 1e-12
+    return weighted / weighted.sum(1, keepdims=True)
+
+
+@SOFT_LABELS.register("softmax")
+def softmax_soft_labels(labels: np.ndarray, k: int, temperature: float = 1.0) -> np.ndarray:
+    """A smoothed vote ``softmax(counts / temperature)``."""
+    z = vote_counts(labels, k) / temperature
+    z = z - z.max(1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(1, keepdims=True)
+
+
+SOFT_METHODS = tuple(SOFT_LABELS.names())
+
+
+def soft_labels(labels: np.ndarray, num_classes: int, method: str, temperature: float = 1.0) -> np.ndarray:
+    """One registered soft-labelling method (:data:`SOFT_LABELS`: vote, dawid_skene,
+    accuracy_weighted, softmax) applied to crowd labels; rows sum to 1."""
+    return SOFT_LABELS.get(method)(labels, num_classes, temperature)
 
 
 def aggregate_soft_labels(

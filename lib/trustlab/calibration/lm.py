@@ -1,6 +1,6 @@
 """Answer-level calibration of a causal language model, before and after temperature scaling.
 
-Issue 4, part 5 ("beyond the papers"). For each question (world QA, arithmetic, ...) the model
+Beyond the papers' image classifiers: for each question (world QA, arithmetic, ...) the model
 answers greedily; the **confidence** of an answer is its sequence probability
 
     c_i(T) = prod_t softmax(z_it / T)[y_it] = exp(s_i(T)),   s_i(T) = sum_t log softmax(z_it / T)[y_it]
@@ -43,6 +43,7 @@ token for a 50k vocabulary), so fitting T is pure tensor work.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,7 +75,6 @@ __all__ = [
     "continuation_logits",
     "fit_temperature",
     "load_lm",
-    "lm_claim",
     "method_name",
     "parse_pool",
     "require_base_model",
@@ -306,8 +306,6 @@ def collect_answers(model, tokenizer, records: Sequence[dict[str, Any]], *, max_
                     batch_size: int = 64, with_gold: bool = True) -> LMAnswers:
     """Greedy-decode every record's prompt, check the answers, and keep the logit rows of the
     generated tokens (and, with ``with_gold``, of the reference answers + ``<eos>``)."""
-    import time
-
     from trustlab.data.checkers import is_correct
     from trustlab.lm.generation import generate
 
@@ -469,24 +467,3 @@ def run_lm_calibration(answers: LMAnswers, *, seeds: Sequence[int], val_frac: fl
     info = {"n_items": len(answers), "logprob_gap": answers.logprob_gap, "collect_seconds": answers.seconds,
             "mean_tokens": float(len(answers.greedy.targets) / max(len(answers), 1))}
     return LMCalibration(pd.DataFrame(rows), pd.DataFrame(bins), answers.frame(), pd.DataFrame(temps), info)
-
-
-def lm_claim(res: LMCalibration, objective: str, family: str = "calibration"):
-    """Claim row: temperature scaling (``objective``) lowers the answer-level ECE of the pooled
-    test items, paired by split seed (t 95% CI). The seeds re-draw the validation / test split of
-    the same items and model, so the CI covers split variability, not retraining."""
-    from trustlab.core.stats import claim_from_seeds
-
-    t = res.table[res.table["pool"] == "all"]
-    raw = t[t["method"] == "raw"].set_index("seed")["ece"]
-    ts = t[t["method"] == method_name(objective)].set_index("seed")["ece"]
-    seeds = sorted(set(raw.index) & set(ts.index))
-    if not seeds:
-        return None
-    return claim_from_seeds(
-        family, f"Temperature scaling of the token logits ({objective}) improves the LM's answer-level ECE",
-        "Guo et al. 2017, On Calibration of Modern Neural Networks (TS), applied to sequence-probability confidence",
-        "lm_ece", ts.loc[seeds].to_numpy(float), raw.loc[seeds].to_numpy(float), "decrease",
-        "base LM, greedy answers on " + ", ".join(sorted(set(res.table["pool"]) - {"all"}))
-        + "; seeds re-draw the val/test split (same model), so the CI reflects split variability only",
-    )

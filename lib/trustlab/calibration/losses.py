@@ -3,19 +3,21 @@
 Notation: ``z`` are the logits (B, K), ``y`` the integer labels (B,), ``p = softmax(z)``,
 ``p_y`` the probability of the true class. Every loss returns the batch mean.
 
-Losses that need more than (logits, target) say so in ``needs``:
+Every loss is a class registered in :data:`LOSSES` under its params.yaml name; the first line
+of its docstring is its formula. A class declares:
 
-* ``"sample_ids"``: ALDR-KL keeps one lambda per training sample (``sample_ids=`` a LongTensor).
-* ``"features"``: the Bias loss weights samples by the variance of their last feature map
-  (``features=`` a (B, ...) tensor; it is detached inside the loss).
+* ``ranges``: its tunable hyperparameters (the constructor's keyword arguments a params file
+  may set) and their allowed ranges; the defaults are the constructor's defaults;
+* ``needs``: what it takes besides (logits, target): ``"sample_ids"`` (ALDR-KL keeps one
+  lambda per training sample) or ``"features"`` (the Bias loss weights samples by the
+  variance of their last feature map);
+* ``task``: ``"multiclass"`` or ``"binary"`` (one logit per sample (B,) or (B, 1), targets in {0, 1}).
 
-Binary losses (AnyLoss, BCE) take one logit per sample (B,) or (B, 1) and targets in {0, 1}.
+:func:`validate_loss` checks a name and its hyperparameters (unknown arguments through the
+registry's ``check``, then types and ranges) before anything is trained, with a
+:class:`ConfigError` that names what is allowed; :func:`build_loss` builds one.
 
-All losses are selectable by name with :func:`build_loss`; names and hyperparameter ranges are
-checked (:func:`validate_loss`) before anything is trained, with a :class:`ConfigError` that
-names what is allowed.
-
-References (see ``/work/shared/methods/calibration.md``):
+Method background: docs/methods/calibration.md. References:
 
 * Mukhoti et al. 2020, "Calibrating Deep Neural Networks using Focal Loss" (focal, FLSD-53).
 * Kumar et al. 2018, "Trainable Calibration Measures for Neural Networks from Kernel Mean
@@ -35,19 +37,20 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from trustlab.core.config import ConfigError
+from trustlab.core.registry import Registry
 
 __all__ = [
     "LOSSES",
-    "LossSpec",
     "Range",
+    "CalibrationLoss",
     "build_loss",
     "validate_loss",
     "loss_names",
@@ -69,10 +72,58 @@ __all__ = [
     "SoftLabelKLLoss",
     "BCELoss",
     "AnyLoss",
+    "AnyLossF1",
+    "AnyLossFBeta",
+    "AnyLossBAcc",
+    "AnyLossGMean",
+    "focal_weight",
     "normalize_logits_softplus",
     "ldr_kl_per_sample",
     "comp_sum_phi",
 ]
+
+
+@dataclass(frozen=True)
+class Range:
+    """``lo <= x <= hi`` with optional open ends; ``None`` means unbounded."""
+
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+
+    def contains(self, x: float) -> bool:
+        if self.lo is not None and (x <= self.lo if self.lo_open else x < self.lo):
+            return False
+        if self.hi is not None and (x >= self.hi if self.hi_open else x > self.hi):
+            return False
+        return True
+
+    def describe(self, key: str) -> str:
+        if self.lo is None and self.hi is None:
+            return f"any real {key}"
+        left = "" if self.lo is None else f"{self.lo:g} {'<' if self.lo_open else '<='} "
+        right = "" if self.hi is None else f" {'<' if self.hi_open else '<='} {self.hi:g}"
+        interval = (
+            f"{'(' if self.lo_open or self.lo is None else '['}{'-inf' if self.lo is None else f'{self.lo:g}'}, "
+            f"{'inf' if self.hi is None else f'{self.hi:g}'}{')' if self.hi_open or self.hi is None else ']'}"
+        )
+        return f"{left}{key}{right}, i.e. {key} in {interval}"
+
+
+POSITIVE = Range(0.0, None, lo_open=True)
+NONNEGATIVE = Range(0.0, None)
+
+LOSSES: Registry[type[CalibrationLoss]] = Registry("calibration loss")
+
+
+class CalibrationLoss(nn.Module):
+    """Base of every registered loss: the class attributes the registry and the trainer read."""
+
+    ranges: ClassVar[Mapping[str, Range]] = {}  # tunable hyperparameter -> allowed range
+    needs: ClassVar[frozenset[str]] = frozenset()  # extra keyword arguments of forward
+    task: ClassVar[str] = "multiclass"
+    paper: ClassVar[str] = ""
 
 
 def _log_p_y(logits: Tensor, target: Tensor) -> Tensor:
@@ -83,20 +134,24 @@ def _log_p_y(logits: Tensor, target: Tensor) -> Tensor:
 # -- CE and label smoothing -----------------------------------------------------------------
 
 
-class CrossEntropyLoss(nn.Module):
+@LOSSES.register("ce")
+class CrossEntropyLoss(CalibrationLoss):
     """Cross-entropy ``-log p_y``."""
 
-    needs: frozenset[str] = frozenset()
+    paper = "cross-entropy"
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         return F.cross_entropy(logits, target.long())
 
 
-class LabelSmoothingLoss(nn.Module):
-    """Cross-entropy against ``(1 - eps) * onehot(y) + eps / K`` (Szegedy et al. 2016):
-    ``F.cross_entropy(label_smoothing=eps)``."""
+@LOSSES.register("label_smoothing")
+class LabelSmoothingLoss(CalibrationLoss):
+    """Cross-entropy against ``(1 - eps) * onehot(y) + eps / K`` (Szegedy et al. 2016).
 
-    needs: frozenset[str] = frozenset()
+    Computed as ``F.cross_entropy(label_smoothing=eps)``."""
+
+    ranges = {"eps": Range(0.0, 1.0, hi_open=True)}
+    paper = "Szegedy et al. 2016"
 
     def __init__(self, eps: float = 0.1):
         super().__init__()
@@ -109,11 +164,29 @@ class LabelSmoothingLoss(nn.Module):
 # -- focal --------------------------------------------------------------------------------------
 
 
-class FocalLoss(nn.Module):
-    """Focal loss ``-(1 - p_y)^gamma * log p_y`` (Lin et al. 2017; Mukhoti et al. 2020).
-    gamma = 0 is cross-entropy."""
+def focal_weight(log_p_y: Tensor, gamma: Tensor | float) -> Tensor:
+    """``(1 - p_y)^gamma`` with ``1 - p_y`` clamped at the dtype's smallest normal number.
 
-    needs: frozenset[str] = frozenset()
+    A confident sample rounds ``1 - p_y`` to exactly 0 (logits [40, 0, 0] in float32 or float64),
+    and for 0 < gamma < 1 the derivative ``gamma (1 - p_y)^(gamma - 1)`` is then infinite; times
+    the zero derivative of ``1 - p_y`` it is NaN, and one such sample makes the whole batch's
+    gradient NaN. Below the clamp the factor is a constant (no gradient), which is what the
+    exact gradient, ``O((1 - p_y)^(gamma + 1))``, rounds to anyway. Above it the value and the
+    gradient are those of the plain formula.
+    """
+    one_minus_p = 1.0 - log_p_y.exp()
+    return one_minus_p.clamp(min=torch.finfo(one_minus_p.dtype).tiny) ** gamma
+
+
+@LOSSES.register("focal")
+class FocalLoss(CalibrationLoss):
+    """Focal loss ``-(1 - p_y)^gamma * log p_y`` (Lin et al. 2017; Mukhoti et al. 2020).
+
+    gamma = 0 is cross-entropy. The weight comes from :func:`focal_weight`, which keeps the
+    gradient finite for 0 < gamma < 1 on saturated samples."""
+
+    ranges = {"gamma": NONNEGATIVE}
+    paper = "Mukhoti et al. 2020"
 
     def __init__(self, gamma: float = 3.0):
         super().__init__()
@@ -121,15 +194,18 @@ class FocalLoss(nn.Module):
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         logp = _log_p_y(logits, target)
-        return (-((1.0 - logp.exp()).clamp(min=0.0) ** self.gamma) * logp).mean()
+        return (-focal_weight(logp, self.gamma) * logp).mean()
 
 
-class AdaptiveFocalLoss(nn.Module):
-    """FLSD-53 (Mukhoti et al. 2020): focal loss with a per-sample gamma chosen from the
-    (detached) true-class probability: ``gamma = gamma_low_p (5) if p_y < threshold (0.2) else
-    gamma_high_p (3)``. The choice is a step function, so no gradient flows through it."""
+@LOSSES.register("flsd53")
+class AdaptiveFocalLoss(CalibrationLoss):
+    """FLSD-53: focal loss with ``gamma = 5 if p_y < 0.2 else 3`` per sample (Mukhoti et al. 2020).
 
-    needs: frozenset[str] = frozenset()
+    The thresholds are parameters (``gamma_low_p``, ``gamma_high_p``, ``threshold``); gamma is
+    chosen from the detached ``p_y``, a step function, so no gradient flows through the choice."""
+
+    ranges = {"gamma_low_p": NONNEGATIVE, "gamma_high_p": NONNEGATIVE, "threshold": Range(0.0, 1.0, True, True)}
+    paper = "Mukhoti et al. 2020"
 
     def __init__(self, gamma_low_p: float = 5.0, gamma_high_p: float = 3.0, threshold: float = 0.2):
         super().__init__()
@@ -145,17 +221,17 @@ class AdaptiveFocalLoss(nn.Module):
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         logp = _log_p_y(logits, target)
-        gamma = self.gammas(logits, target)
-        return (-((1.0 - logp.exp()).clamp(min=0.0) ** gamma) * logp).mean()
+        return (-focal_weight(logp, self.gammas(logits, target)) * logp).mean()
 
 
 # -- Brier ------------------------------------------------------------------------------------
 
 
-class BrierLoss(nn.Module):
+@LOSSES.register("brier")
+class BrierLoss(CalibrationLoss):
     """Multiclass Brier score ``sum_k (p_k - onehot(y)_k)^2`` (range [0, 2]), batch mean."""
 
-    needs: frozenset[str] = frozenset()
+    paper = "Brier 1950"
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         p = logits.softmax(dim=-1)
@@ -199,11 +275,14 @@ def mmce_weighted(logits: Tensor, target: Tensor, width: float = 0.4) -> Tensor:
     return torch.sqrt(total.clamp(min=0.0) + 1e-10)
 
 
-class MMCELoss(nn.Module):
-    """``CE + lam * MMCE_w`` (Kumar et al. 2018), Laplacian kernel of width 0.4; see
-    :func:`mmce_weighted`."""
+@LOSSES.register("mmce")
+class MMCELoss(CalibrationLoss):
+    """``CE + lam * MMCE_w`` (Kumar et al. 2018), Laplacian kernel of width 0.4.
 
-    needs: frozenset[str] = frozenset()
+    See :func:`mmce_weighted` for MMCE_w."""
+
+    ranges = {"lam": POSITIVE, "width": POSITIVE}
+    paper = "Kumar et al. 2018"
 
     def __init__(self, lam: float = 2.0, width: float = 0.4):
         super().__init__()
@@ -235,11 +314,14 @@ def comp_sum_phi(log_p_y: Tensor, tau: float) -> Tensor:
     return -torch.expm1(s * log_p_y) / s
 
 
-class CompSumLoss(nn.Module):
-    """Comp-sum loss ``Phi_tau(sum_{k != y} exp(z_k - z_y))``, batch mean (see
-    :func:`comp_sum_phi`)."""
+@LOSSES.register("comp_sum")
+class CompSumLoss(CalibrationLoss):
+    """Comp-sum loss ``Phi_tau(sum_{k != y} exp(z_k - z_y))``, batch mean.
 
-    needs: frozenset[str] = frozenset()
+    See :func:`comp_sum_phi` for Phi_tau and its special cases."""
+
+    ranges = {"tau": NONNEGATIVE}
+    paper = "Mao, Mohri, Zhong 2023"
 
     def __init__(self, tau: float = 0.5):
         super().__init__()
@@ -249,11 +331,14 @@ class CompSumLoss(nn.Module):
         return comp_sum_phi(_log_p_y(logits, target), self.tau).mean()
 
 
-class GCELoss(nn.Module):
-    """Generalised cross-entropy ``(1 - p_y^q) / q`` (Zhang & Sabuncu 2018) = comp-sum with
-    tau = 1 + q. q -> 0 gives CE, q = 1 gives ``1 - p_y``."""
+@LOSSES.register("gce")
+class GCELoss(CalibrationLoss):
+    """Generalised cross-entropy ``(1 - p_y^q) / q`` (Zhang & Sabuncu 2018).
 
-    needs: frozenset[str] = frozenset()
+    The comp-sum loss with tau = 1 + q; q -> 0 gives CE, q = 1 gives ``1 - p_y``."""
+
+    ranges = {"q": Range(0.0, 1.0, lo_open=True)}
+    paper = "Zhang & Sabuncu 2018"
 
     def __init__(self, q: float = 0.7):
         super().__init__()
@@ -263,12 +348,13 @@ class GCELoss(nn.Module):
         return comp_sum_phi(_log_p_y(logits, target), 1.0 + self.q).mean()
 
 
-class MAELoss(nn.Module):
+@LOSSES.register("mae")
+class MAELoss(CalibrationLoss):
     """Mean absolute error ``||p - onehot(y)||_1 = 2 (1 - p_y)`` = 2 * comp-sum(tau=2).
 
     (The LDR reference code's MAE is identically zero; this is the loss as defined.)"""
 
-    needs: frozenset[str] = frozenset()
+    paper = "Ghosh et al. 2017; Mao, Mohri, Zhong 2023"
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         return (2.0 * comp_sum_phi(_log_p_y(logits, target), 2.0)).mean()
@@ -306,14 +392,15 @@ def ldr_kl_per_sample(z: Tensor, target: Tensor, lam: Tensor | float, margin: fl
     return lam_t * (lse - math.log(z.shape[-1]))
 
 
-class LDRKLLoss(nn.Module):
-    """Label-distributionally-robust KL loss (LDR-KL, Zhu et al. 2023) with softplus-normalised
-    logits ``z = softplus(o) / mean(softplus(o))``::
+@LOSSES.register("ldr_kl")
+class LDRKLLoss(CalibrationLoss):
+    """LDR-KL ``lam * log((1/K) sum_k exp((c [k != y] + z_k - z_y) / lam))`` (Zhu et al. 2023).
 
-        lam * log( (1/K) sum_k exp((c [k != y] + z_k - z_y) / lam) ),  lam = 10, c = 0.1
-    """
+    On softplus-normalised logits ``z = softplus(o) / mean(softplus(o))``; lam = 10, c = 0.1
+    (``margin``). See :func:`ldr_kl_per_sample`."""
 
-    needs: frozenset[str] = frozenset()
+    ranges = {"lam": POSITIVE, "margin": NONNEGATIVE}
+    paper = "Zhu et al. 2023"
 
     def __init__(self, lam: float = 10.0, margin: float = 0.1, normalize: bool = True):
         super().__init__()
@@ -326,11 +413,12 @@ class LDRKLLoss(nn.Module):
         return ldr_kl_per_sample(z, target, self.lam, self.margin).mean()
 
 
-class ALDRKLLoss(nn.Module):
-    """Adaptive LDR-KL (ALDR-KL, Zhu et al. 2023): LDR-KL with one lambda_i per training sample.
+@LOSSES.register("aldr_kl")
+class ALDRKLLoss(CalibrationLoss):
+    """ALDR-KL: LDR-KL with one lambda_i per sample, ``lambda_i <- lambda0 (1 - KL(p || U) / (alpha log K))``.
 
-    Before the loss is computed, the selected lambdas are updated (detached, in a buffer indexed
-    by sample id)::
+    Adaptive LDR-KL (Zhu et al. 2023). Before the loss is computed, the selected lambdas are
+    updated (detached, in a buffer indexed by sample id)::
 
         p = softmax(a / lambda_i),  a_k = c [k != y] + z_k - z_y
         lambda_i <- lambda0 - lambda0 * KL(p || uniform) / (alpha * log K)
@@ -342,7 +430,9 @@ class ALDRKLLoss(nn.Module):
     the buffer moves with the module.
     """
 
-    needs: frozenset[str] = frozenset({"sample_ids"})
+    ranges = {"lambda0": POSITIVE, "alpha": Range(1.0, None, lo_open=True), "margin": NONNEGATIVE}
+    needs = frozenset({"sample_ids"})
+    paper = "Zhu et al. 2023"
 
     def __init__(
         self,
@@ -390,16 +480,17 @@ class ALDRKLLoss(nn.Module):
 # -- Bias loss ---------------------------------------------------------------------------------
 
 
-class BiasLoss(nn.Module):
-    """Bias loss (Abrahamyan et al. 2021)::
+@LOSSES.register("bias")
+class BiasLoss(CalibrationLoss):
+    """Bias loss ``mean_i [(exp(beta * v_i) - 1 + alpha) * CE_i]`` (Abrahamyan et al. 2021).
 
-        mean_i [ (exp(beta * v_i) - 1 + alpha) * CE_i ]
-
-    where v_i is the variance of sample i's last feature map (detached, flattened), min-max
+    v_i is the variance of sample i's last feature map (detached, flattened), min-max
     normalised over the batch (0 for all when the batch's variances are equal). alpha = beta = 0.3.
     """
 
-    needs: frozenset[str] = frozenset({"features"})
+    ranges = {"alpha": NONNEGATIVE, "beta": NONNEGATIVE}
+    needs = frozenset({"features"})
+    paper = "Abrahamyan et al. 2021"
 
     def __init__(self, alpha: float = 0.3, beta: float = 0.3):
         super().__init__()
@@ -430,13 +521,16 @@ class BiasLoss(nn.Module):
 # -- Z-loss -------------------------------------------------------------------------------------
 
 
-class ZLoss(nn.Module):
-    """Z-loss (de Brebisson & Vincent 2016): standardise the logits per sample,
-    ``z_k = (o_k - mean(o)) / std(o)`` (population std, + 1e-8), then
-    ``(1/a) log(1 + exp(a (b - z_y)))`` (a softplus). z_y <= sqrt(K - 1), so b should be below
-    that. The paper tunes a and b; our defaults (a = 1, b = 2) are our choice and are reported."""
+@LOSSES.register("zloss")
+class ZLoss(CalibrationLoss):
+    """Z-loss ``(1/a) log(1 + exp(a (b - z_y)))`` on standardised logits (de Brebisson & Vincent 2016).
 
-    needs: frozenset[str] = frozenset()
+    ``z_k = (o_k - mean(o)) / std(o)`` per sample (population std, + 1e-8). z_y <= sqrt(K - 1),
+    so b should be below that. The paper tunes a and b; our defaults (a = 1, b = 2) are our
+    choice and are reported."""
+
+    ranges = {"a": POSITIVE, "b": Range()}
+    paper = "de Brebisson & Vincent 2016"
 
     def __init__(self, a: float = 1.0, b: float = 2.0):
         super().__init__()
@@ -454,11 +548,14 @@ class ZLoss(nn.Module):
 # -- soft labels --------------------------------------------------------------------------------
 
 
-class SoftLabelKLLoss(nn.Module):
-    """``kl_div(log_softmax(z), q, reduction='batchmean')`` for soft targets q (B, K) (Singh et al.
-    2023). Integer targets are one-hot encoded (then it equals cross-entropy)."""
+@LOSSES.register("soft_kl")
+class SoftLabelKLLoss(CalibrationLoss):
+    """Soft-label KL ``sum_k q_k (log q_k - log p_k)``, batch mean, for soft targets q (Singh et al. 2023).
 
-    needs: frozenset[str] = frozenset()
+    ``kl_div(log_softmax(z), q, reduction='batchmean')``; integer targets are one-hot encoded
+    (then it equals cross-entropy)."""
+
+    paper = "Singh et al. 2023"
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         if target.dim() == 1:
@@ -477,11 +574,12 @@ def _binary_logit(logits: Tensor) -> Tensor:
     return logits
 
 
-class BCELoss(nn.Module):
-    """Binary cross-entropy on one logit per sample (the AnyLoss table's baseline)."""
+@LOSSES.register("bce")
+class BCELoss(CalibrationLoss):
+    """Binary cross-entropy ``-[y log s(z) + (1 - y) log(1 - s(z))]``, s = sigmoid (the AnyLoss table's baseline)."""
 
-    needs: frozenset[str] = frozenset()
     task = "binary"
+    paper = "binary cross-entropy"
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         return F.binary_cross_entropy_with_logits(_binary_logit(logits), target.to(logits.dtype))
@@ -490,8 +588,8 @@ class BCELoss(nn.Module):
 ANY_METRICS = ("f1", "fbeta", "bacc", "gmean")
 
 
-class AnyLoss(nn.Module):
-    """AnyLoss (Han et al. 2024): ``1 - metric`` on a soft confusion matrix.
+class AnyLoss(CalibrationLoss):
+    """AnyLoss ``1 - metric(TP, FP, FN, TN)`` on a soft confusion matrix (Han et al. 2024).
 
     The probability ``p = sigmoid(logit)`` goes through the amplifier
     ``A(p) = 1 / (1 + exp(-L (p - 0.5)))``, then with y in {0, 1}::
@@ -500,11 +598,12 @@ class AnyLoss(nn.Module):
 
     metric: ``f1 = 2TP / (2TP + FP + FN)``, ``fbeta = (1+b^2)TP / ((1+b^2)TP + b^2 FN + FP)``,
     ``bacc = (TP/(TP+FN) + TN/(TN+FP)) / 2``, ``gmean = sqrt(TP/(TP+FN) * TN/(TN+FP))``.
-    A small eps (1e-8) keeps the ratios finite on one-class batches.
+    A small eps (1e-8) keeps the ratios finite on one-class batches. The registered losses
+    are the subclasses below, one per metric.
     """
 
-    needs: frozenset[str] = frozenset()
     task = "binary"
+    paper = "Han et al. 2024"
 
     def __init__(self, metric: str = "f1", L: float = 73.0, beta: float = 1.0, eps: float = 1e-8):
         super().__init__()
@@ -544,152 +643,91 @@ class AnyLoss(nn.Module):
         return 1.0 - self.score(logits, target)
 
 
-# -- registry -----------------------------------------------------------------------------------
+@LOSSES.register("anyloss_f1")
+class AnyLossF1(AnyLoss):
+    """AnyLoss with F1: ``1 - 2TP / (2TP + FP + FN)`` on the amplified soft confusion matrix."""
+
+    ranges = {"L": POSITIVE}
+
+    def __init__(self, L: float = 73.0):
+        super().__init__("f1", L=L)
 
 
-@dataclass(frozen=True)
-class Range:
-    """``lo <= x <= hi`` with optional open ends; ``None`` means unbounded."""
+@LOSSES.register("anyloss_fbeta")
+class AnyLossFBeta(AnyLoss):
+    """AnyLoss with F-beta: ``1 - (1+b^2)TP / ((1+b^2)TP + b^2 FN + FP)``, beta = 2."""
 
-    lo: float | None = None
-    hi: float | None = None
-    lo_open: bool = False
-    hi_open: bool = False
+    ranges = {"L": POSITIVE, "beta": POSITIVE}
 
-    def contains(self, x: float) -> bool:
-        if self.lo is not None and (x <= self.lo if self.lo_open else x < self.lo):
-            return False
-        if self.hi is not None and (x >= self.hi if self.hi_open else x > self.hi):
-            return False
-        return True
-
-    def describe(self, key: str) -> str:
-        if self.lo is None and self.hi is None:
-            return f"any real {key}"
-        left = "" if self.lo is None else f"{self.lo:g} {'<' if self.lo_open else '<='} "
-        right = "" if self.hi is None else f" {'<' if self.hi_open else '<='} {self.hi:g}"
-        interval = (
-            f"{'(' if self.lo_open or self.lo is None else '['}{'-inf' if self.lo is None else f'{self.lo:g}'}, "
-            f"{'inf' if self.hi is None else f'{self.hi:g}'}{')' if self.hi_open or self.hi is None else ']'}"
-        )
-        return f"{left}{key}{right}, i.e. {key} in {interval}"
+    def __init__(self, L: float = 73.0, beta: float = 2.0):
+        super().__init__("fbeta", L=L, beta=beta)
 
 
-@dataclass(frozen=True)
-class LossSpec:
-    """A registered loss: constructor, default hyperparameters and their allowed ranges."""
+@LOSSES.register("anyloss_bacc")
+class AnyLossBAcc(AnyLoss):
+    """AnyLoss with balanced accuracy: ``1 - (TP/(TP+FN) + TN/(TN+FP)) / 2``."""
 
-    name: str
-    factory: Any
-    defaults: Mapping[str, float] = field(default_factory=dict)
-    ranges: Mapping[str, Range] = field(default_factory=dict)
-    task: str = "multiclass"  # or "binary"
-    needs: frozenset[str] = frozenset()
-    paper: str = ""
-    fixed: Mapping[str, Any] = field(default_factory=dict)  # non-tunable constructor args
+    ranges = {"L": POSITIVE}
+
+    def __init__(self, L: float = 73.0):
+        super().__init__("bacc", L=L)
 
 
-_POS = Range(0.0, None, lo_open=True)
-_NONNEG = Range(0.0, None)
+@LOSSES.register("anyloss_gmean")
+class AnyLossGMean(AnyLoss):
+    """AnyLoss with the G-mean: ``1 - sqrt(TP/(TP+FN) * TN/(TN+FP))``."""
 
-LOSSES: dict[str, LossSpec] = {
-    s.name: s
-    for s in [
-        LossSpec("ce", CrossEntropyLoss, paper="cross-entropy"),
-        LossSpec("label_smoothing", LabelSmoothingLoss, {"eps": 0.1}, {"eps": Range(0.0, 1.0, hi_open=True)},
-                 paper="Szegedy et al. 2016"),
-        LossSpec("focal", FocalLoss, {"gamma": 3.0}, {"gamma": _NONNEG}, paper="Mukhoti et al. 2020"),
-        LossSpec(
-            "flsd53",
-            AdaptiveFocalLoss,
-            {"gamma_low_p": 5.0, "gamma_high_p": 3.0, "threshold": 0.2},
-            {"gamma_low_p": _NONNEG, "gamma_high_p": _NONNEG, "threshold": Range(0.0, 1.0, True, True)},
-            paper="Mukhoti et al. 2020",
-        ),
-        LossSpec("brier", BrierLoss, paper="Brier 1950"),
-        LossSpec("mmce", MMCELoss, {"lam": 2.0, "width": 0.4}, {"lam": _POS, "width": _POS}, paper="Kumar et al. 2018"),
-        LossSpec("comp_sum", CompSumLoss, {"tau": 0.5}, {"tau": _NONNEG}, paper="Mao, Mohri, Zhong 2023"),
-        LossSpec("gce", GCELoss, {"q": 0.7}, {"q": Range(0.0, 1.0, lo_open=True)}, paper="Zhang & Sabuncu 2018"),
-        LossSpec("mae", MAELoss, paper="Ghosh et al. 2017; Mao, Mohri, Zhong 2023"),
-        LossSpec("ldr_kl", LDRKLLoss, {"lam": 10.0, "margin": 0.1}, {"lam": _POS, "margin": _NONNEG},
-                 paper="Zhu et al. 2023"),
-        LossSpec(
-            "aldr_kl",
-            ALDRKLLoss,
-            {"lambda0": 10.0, "alpha": 2.0, "margin": 0.1},
-            {"lambda0": _POS, "alpha": Range(1.0, None, lo_open=True), "margin": _NONNEG},
-            needs=frozenset({"sample_ids"}),
-            paper="Zhu et al. 2023",
-        ),
-        LossSpec("bias", BiasLoss, {"alpha": 0.3, "beta": 0.3}, {"alpha": _NONNEG, "beta": _NONNEG},
-                 needs=frozenset({"features"}), paper="Abrahamyan et al. 2021"),
-        LossSpec("zloss", ZLoss, {"a": 1.0, "b": 2.0}, {"a": _POS, "b": Range()}, paper="de Brebisson & Vincent 2016"),
-        LossSpec("soft_kl", SoftLabelKLLoss, paper="Singh et al. 2023"),
-        LossSpec("bce", BCELoss, task="binary", paper="binary cross-entropy"),
-        LossSpec("anyloss_f1", AnyLoss, {"L": 73.0}, {"L": _POS}, task="binary", fixed={"metric": "f1"},
-                 paper="Han et al. 2024"),
-        LossSpec("anyloss_fbeta", AnyLoss, {"L": 73.0, "beta": 2.0}, {"L": _POS, "beta": _POS}, task="binary",
-                 fixed={"metric": "fbeta"}, paper="Han et al. 2024"),
-        LossSpec("anyloss_bacc", AnyLoss, {"L": 73.0}, {"L": _POS}, task="binary", fixed={"metric": "bacc"},
-                 paper="Han et al. 2024"),
-        LossSpec("anyloss_gmean", AnyLoss, {"L": 73.0}, {"L": _POS}, task="binary", fixed={"metric": "gmean"},
-                 paper="Han et al. 2024"),
-    ]
-}
+    ranges = {"L": POSITIVE}
+
+    def __init__(self, L: float = 73.0):
+        super().__init__("gmean", L=L)
+
+
+# -- looking losses up ------------------------------------------------------------------------
 
 
 def loss_names(task: str | None = None) -> list[str]:
     """Registered loss names (optionally only ``"multiclass"`` or ``"binary"`` ones)."""
-    return [n for n, s in LOSSES.items() if task is None or s.task == task]
+    return [n for n in LOSSES.names() if task is None or LOSSES.get(n).task == task]
 
 
 def loss_defaults(name: str) -> dict[str, float]:
-    return dict(_spec(name).defaults)
-
-
-def _spec(name: str, where: str = "loss") -> LossSpec:
-    if name not in LOSSES:
-        raise ConfigError(f"{where} = {name!r} is not allowed: choose one of {', '.join(map(repr, LOSSES))}")
-    return LOSSES[name]
+    """The tunable hyperparameters of a loss with their defaults (the constructor's)."""
+    params = LOSSES.parameters(name)
+    return {key: params[key].default for key in LOSSES.get(name).ranges}
 
 
 def validate_loss(name: str, hparams: Mapping[str, Any] | None = None, where: str = "loss") -> dict[str, float]:
     """Check a loss name and its hyperparameters; return the full hyperparameter dict
     (defaults filled in). Raises :class:`ConfigError` naming the allowed names / keys / range."""
-    spec = _spec(name, where)
+    cls = LOSSES.get(name)
     hparams = dict(hparams or {})
-    unknown = sorted(set(hparams) - set(spec.defaults))
-    if unknown:
-        allowed = ", ".join(sorted(spec.defaults)) or "none (this loss has no hyperparameters)"
-        bad = ", ".join(map(repr, unknown))
-        raise ConfigError(f"{where} {name!r}: unknown hyperparameter {bad}; allowed: {allowed}")
-    out = dict(spec.defaults)
+    fixed = tuple(p for p in LOSSES.parameters(name) if p not in cls.ranges)  # e.g. n_samples
+    LOSSES.check(name, hparams, where=where, skip=fixed)
+    out = loss_defaults(name)
     for key, value in hparams.items():
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise ConfigError(f"{where} {name!r}: {key} = {value!r} has the wrong type: expected a finite number")
-        rng = spec.ranges.get(key, Range())
+        rng = cls.ranges[key]
         if not rng.contains(float(value)):
             raise ConfigError(f"{where} {name!r}: {key} = {value!r} is out of range: allowed {rng.describe(key)}")
         out[key] = float(value)
     return out
 
 
-def build_loss(name: str, *, n_samples: int | None = None, **hparams: Any) -> nn.Module:
+def build_loss(name: str, *, n_samples: int | None = None, **hparams: Any) -> CalibrationLoss:
     """Build a loss by registry name, e.g. ``build_loss("gce", q=0.7)``.
 
     ``n_samples`` (the training-set size) is required by losses that keep per-sample state
-    (``aldr_kl``). The module gets ``.name``, ``.hparams``, ``.needs`` and ``.task``.
+    (``aldr_kl``). The module gets ``.name`` and ``.hparams`` (the full hyperparameters).
     """
-    spec = _spec(name)
     full = validate_loss(name, hparams)
-    kwargs = {**spec.fixed, **full}
-    if "sample_ids" in spec.needs:
+    kwargs: dict[str, Any] = dict(full)
+    if "sample_ids" in LOSSES.get(name).needs:
         if n_samples is None:
             raise ConfigError(f"loss {name!r} keeps one value per training sample: pass n_samples=")
         kwargs["n_samples"] = n_samples
-    module = spec.factory(**kwargs)
+    module = LOSSES.build(name, **kwargs)
     module.name = name
     module.hparams = full
-    module.needs = spec.needs
-    module.task = spec.task
     return module

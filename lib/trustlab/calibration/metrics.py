@@ -3,12 +3,20 @@
 Binning convention (same as torchmetrics): with B equal-width bins on [0, 1] a confidence c
 goes to bin ``floor(c * B)`` (bins are ``[lo, hi)``), except that c = 1.0 goes into the last
 bin ``[1 - 1/B, 1]``. torchmetrics' ``MulticlassCalibrationError`` puts c = 1.0 into an extra,
-hidden (B+1)-th bin (torchmetrics issue #3510), which changes ECE whenever a model is
-saturated in float32; our functions agree with it everywhere else (tested).
+hidden (B+1)-th bin, which changes ECE whenever a model is saturated in float32; our
+functions agree with it everywhere else (tested).
 
 Every function accepts torch tensors or NumPy arrays and returns a Python float, except
-:func:`calibration_bins` (a dict of arrays), :func:`evaluate` (a dict) and
-:func:`reliability_diagram` (a matplotlib Figure).
+:func:`calibration_bins` / :func:`confidence_bins` (dicts of arrays) and :func:`evaluate` /
+:func:`binary_metrics` (dicts).
+
+Inputs are checked, not guessed: the functions that take ``probs`` (ECE, MCE, adaptive and
+classwise ECE, Brier, AURC, reliability bins) need an (N, K) array of probabilities, values
+in [0, 1] and rows summing to 1 within :data:`ROW_SUM_TOL`, and raise a ValueError naming
+``probs`` otherwise (logits passed by mistake give ECE values above 1 rather than an error
+otherwise). :func:`accuracy` takes probabilities or logits (the argmax is the same);
+:func:`nll`, :func:`evaluate` and :func:`binary_metrics` take logits. The reliability
+diagrams are drawn by :mod:`trustlab.calibration.figures`.
 
 References: Guo et al. 2017 (ECE, MCE, reliability diagrams, temperature scaling); Nixon et al.
 2019 "Measuring Calibration in Deep Learning" (adaptive / classwise ECE); Kull et al. 2019
@@ -42,12 +50,13 @@ __all__ = [
     "confidence_adaptive_ece",
     "evaluate",
     "binary_metrics",
-    "reliability_diagram",
-    "reliability_diagram_from_bins",
+    "check_probs",
     "METRIC_NAMES",
+    "ROW_SUM_TOL",
 ]
 
 N_BINS = 15
+ROW_SUM_TOL = 1e-4  # float32 softmax rows sum to 1 within ~1e-6 per class
 METRIC_NAMES = ("acc", "nll", "ece", "mce", "ada_ece", "cw_ece", "brier", "aurc")
 
 
@@ -61,9 +70,30 @@ def _labels(y: Any) -> Tensor:
     return _t(y, torch.long)
 
 
-def _top(probs: Any) -> tuple[Tensor, Tensor]:
+def check_probs(probs: Any, name: str = "probs") -> Tensor:
+    """``probs`` as a float64 (N, K) tensor, after checking it holds probabilities: finite values
+    in [0, 1], rows summing to 1 within :data:`ROW_SUM_TOL`. A ValueError names the parameter,
+    what it got and what is allowed."""
     p = _t(probs)
-    conf, pred = p.max(dim=-1)
+    if p.dim() != 2:
+        raise ValueError(f"{name} must be an (N, K) array of class probabilities; got shape {tuple(p.shape)}")
+    if p.numel() == 0:
+        return p
+    if not torch.isfinite(p).all():
+        raise ValueError(f"{name} must hold finite probabilities; got {int((~torch.isfinite(p)).sum())} NaN/inf values")
+    lo, hi = float(p.min()), float(p.max())
+    worst = float((p.sum(dim=-1) - 1.0).abs().max())
+    if lo < 0.0 or hi > 1.0 or worst > ROW_SUM_TOL:
+        raise ValueError(
+            f"{name} must be class probabilities: values in [0, 1] and each row summing to 1 (within "
+            f"{ROW_SUM_TOL:g}); got values in [{lo:.4g}, {hi:.4g}] and a row sum off by {worst:.3g}. "
+            f"Pass softmax(logits), not logits"
+        )
+    return p
+
+
+def _top(probs: Any) -> tuple[Tensor, Tensor]:
+    conf, pred = check_probs(probs).max(dim=-1)
     return conf, pred
 
 
@@ -82,7 +112,7 @@ def nll(logits: Any, labels: Any) -> float:
 
 def brier(probs: Any, labels: Any) -> float:
     """Multiclass Brier ``mean_i sum_k (p_ik - onehot(y_i)_k)^2`` in [0, 2]."""
-    p = _t(probs)
+    p = check_probs(probs)
     onehot = F.one_hot(_labels(labels), p.shape[-1]).double()
     return float(((p - onehot) ** 2).sum(dim=-1).mean())
 
@@ -165,7 +195,7 @@ def classwise_ece(probs: Any, labels: Any, n_bins: int = N_BINS) -> float:
     """Classwise ECE (Kull et al. 2019; Nixon et al. 2019):
     ``(1/K) sum_k sum_b (n_bk / N) |mean_{i in b}[y_i = k] - mean_{i in b} p_ik|`` with equal-width
     bins of p_ik over all samples (p = 1.0 in the last bin)."""
-    p = _t(probs)
+    p = check_probs(probs)
     y = _labels(labels)
     k = p.shape[-1]
     total = 0.0
@@ -238,7 +268,13 @@ def evaluate(logits: Any, labels: Any, n_bins: int = N_BINS) -> dict[str, float]
 
 def binary_metrics(logits: Any, labels: Any, n_bins: int = N_BINS) -> dict[str, float]:
     """Binary-task metrics from one logit per sample: acc, f1, bacc, gmean, precision, recall,
-    nll, ece (top-label, on the two-class probabilities), brier (two-class sum, [0, 2])."""
+    nll, ece, brier (two-class sum, [0, 2]).
+
+    One decision rule for every metric: the predicted class is 1 when ``sigmoid(z) >= 0.5``
+    (computed in float64), so a logit of exactly 0 predicts class 1. The ECE is top-label with
+    that prediction: confidence ``sigmoid(z)`` for predicted 1 and ``1 - sigmoid(z)`` for
+    predicted 0, correct when the prediction equals the label (:func:`confidence_ece`); away
+    from ties it equals :func:`ece` of the two-class probabilities."""
     z = _t(logits).reshape(-1)
     y = _labels(labels).reshape(-1)
     p1 = torch.sigmoid(z)
@@ -250,72 +286,17 @@ def binary_metrics(logits: Any, labels: Any, n_bins: int = N_BINS) -> dict[str, 
     tpr = tp / (tp + fn) if tp + fn else 0.0
     tnr = tn / (tn + fp) if tn + fp else 0.0
     prec = tp / (tp + fp) if tp + fp else 0.0
+    correct = (pred == y).double()
+    conf = torch.where(pred == 1, p1, 1 - p1)
     two = torch.stack([1 - p1, p1], dim=-1)
     return {
-        "acc": float((pred == y).double().mean()),
+        "acc": float(correct.mean()),
         "f1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0,
         "bacc": (tpr + tnr) / 2,
         "gmean": float(np.sqrt(tpr * tnr)),
         "precision": prec,
         "recall": tpr,
         "nll": float(F.binary_cross_entropy_with_logits(z, y.double())),
-        "ece": ece(two, y, n_bins),
+        "ece": confidence_ece(conf, correct, n_bins),
         "brier": brier(two, y),
     }
-
-
-# -- reliability diagram --------------------------------------------------------------------
-
-
-def reliability_diagram_from_bins(bins: dict[str, np.ndarray], ax=None, title: str | None = None, show_counts=True):
-    """Plot :func:`calibration_bins` output: accuracy bars per confidence bin, the gap to the
-    diagonal shaded, and (optionally) the share of samples per bin underneath. Returns the Figure."""
-    import matplotlib.pyplot as plt
-
-    if ax is None:
-        if show_counts:
-            fig, (ax, ax_c) = plt.subplots(
-                2, 1, figsize=(4, 4.8), sharex=True, gridspec_kw={"height_ratios": [3, 1]}, constrained_layout=True
-            )
-        else:
-            fig, ax = plt.subplots(figsize=(4, 4), constrained_layout=True)
-            ax_c = None
-    else:
-        fig, ax_c = ax.figure, None
-    lo, hi = np.asarray(bins["lo"]), np.asarray(bins["hi"])
-    width = hi - lo
-    centers = (lo + hi) / 2
-    acc = np.nan_to_num(np.asarray(bins["acc"], float))
-    conf = np.asarray(bins["conf"], float)
-    count = np.asarray(bins["count"], float)
-    filled = count > 0
-    ax.bar(centers[filled], acc[filled], width=width[filled], edgecolor="black", color="tab:blue", label="accuracy")
-    gap_lo = np.minimum(acc, conf)[filled]
-    ax.bar(
-        centers[filled], np.abs(acc - conf)[filled], bottom=gap_lo, width=width[filled],
-        color="tab:red", alpha=0.3, edgecolor="tab:red", hatch="//", label="gap",
-    )
-    ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect")
-    n = count.sum()
-    e = float(np.nansum(np.abs(acc - np.nan_to_num(conf)) * count) / n) if n else 0.0
-    ax.text(0.03, 0.92, f"ECE = {100 * e:.2f}%", transform=ax.transAxes)
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
-    ax.set_ylabel("accuracy")
-    ax.legend(loc="lower right", fontsize="small")
-    if title:
-        ax.set_title(title)
-    if ax_c is not None:
-        ax_c.bar(centers, count / max(n, 1), width=width, color="grey", edgecolor="black")
-        ax_c.set_ylabel("share")
-        ax_c.set_xlabel("confidence")
-    else:
-        ax.set_xlabel("confidence")
-    return fig
-
-
-def reliability_diagram(probs: Any, labels: Any, n_bins: int = N_BINS, ax=None, title: str | None = None,
-                        show_counts: bool = True):
-    """Reliability diagram (Guo et al. 2017) of top-label confidence; returns the matplotlib Figure."""
-    return reliability_diagram_from_bins(calibration_bins(probs, labels, n_bins), ax=ax, title=title,
-                                         show_counts=show_counts)

@@ -113,7 +113,7 @@ def fit(
     """Train ``model`` with ``loss`` on ``(x, y)`` for ``epochs`` epochs of Adam.
 
     The caller builds the model after ``seed_everything(seed)`` (see
-    :func:`trustlab.calibration.experiment.train_one`), so initial weights are seeded too.
+    :func:`trustlab.calibration.run.train_one`), so initial weights are seeded too.
     No checkpoint files, no logger; the progress bar follows ``trustlab.core.progress`` unless given.
     """
     _quiet_lightning()

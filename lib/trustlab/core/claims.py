@@ -12,9 +12,9 @@ The verdict rule (:data:`RULE`), stated once and applied to every row:
   ``increase`` or ``decrease``;
 * **seeds**: the effect is the mean paired difference over seeds, the interval a Student-t
   95% CI clipped to the feasible range of the difference, the test a paired t-test
-  (``scipy.stats.ttest_rel``). When the differences have no spread or are tied (fewer
-  distinct values than seeds, as differences of shares often are), the t distribution
-  is no model for them: the test is then the exact paired sign-flip permutation test
+  (``scipy.stats.ttest_rel``). When the differences have no spread or take at most two
+  distinct values (as differences of shares on a small test set often do), the t
+  distribution is no model for them: the test is then the exact paired sign-flip permutation test
   (``scipy.stats.permutation_test``), whose smallest two-sided p with n seeds is
   ``2 / 2**n`` (0.25 with 3 seeds, below 0.05 only from 6 seeds on);
 * **items**: the effect is the statistic's paired difference on one model, the interval a
@@ -57,7 +57,7 @@ RULE = (
     f"A claim is supported when its two-sided test gives p < {ALPHA} with the effect (method - baseline) "
     f"in the expected direction, not supported when p < {ALPHA} the other way, and inconclusive otherwise; "
     f"seed-level rows use a paired t-test with a 95% t-interval (an exact sign-flip permutation test when the "
-    f"per-seed differences are tied or have no spread), item-level rows a paired percentile bootstrap over items "
+    f"per-seed differences have no spread or at most two distinct values), item-level rows a paired percentile bootstrap over items "
     f"on one model. MDE is the smallest effect the design detects with {POWER:.0%} power at the {ALPHA:.0%} level."
 )
 
@@ -147,10 +147,12 @@ def mde_paired_t(sd: float, n: int, alpha: float = ALPHA, power: float = POWER) 
     df = n - 1
     crit = stats.t.ppf(1 - alpha / 2, df)
 
+    # Power is the upper tail beyond the critical value; the lower tail is negligible for any
+    # effect with real power (and nct.cdf returns NaN far in that tail on some scipy versions).
     def shortfall(nc: float) -> float:
-        return (1 - stats.nct.cdf(crit, df, nc) + stats.nct.cdf(-crit, df, nc)) - power
+        return float(stats.nct.sf(crit, df, nc)) - power
 
-    nc = optimize.brentq(shortfall, 0.0, 1e3)
+    nc = optimize.brentq(shortfall, 0.0, 200.0)
     return float(nc * sd / math.sqrt(n))
 
 
@@ -194,10 +196,10 @@ def _row(family: str, spec: ClaimSpec, **values: Any) -> dict[str, Any]:
     return {k: row.get(k) for k in COLUMNS}
 
 
-def unevaluated_row(family: str, spec: ClaimSpec, reason: str, n: int = 0) -> dict[str, Any]:
+def unevaluated_row(family: str, spec: ClaimSpec, reason: str, n: int = 0, note: str = "") -> dict[str, Any]:
     """A claim that could not be tested: kept in the table with its reason."""
     return _row(family, spec, n=n, effect=math.nan, ci_low=math.nan, ci_high=math.nan, test="none",
-                p_value=math.nan, mde=math.nan, verdict="not evaluated", reason=reason)  # fmt: skip
+                p_value=math.nan, mde=math.nan, verdict="not evaluated", reason=reason, note_extra=note)  # fmt: skip
 
 
 def seed_row(
@@ -224,16 +226,18 @@ def seed_row(
                              f"got {a.shape} and {b.shape}")  # fmt: skip
     n = int(a.size)
     if n < 2:
-        return unevaluated_row(family, spec, f"{n} paired seed(s); a seed-level test needs at least 2", n)
+        return unevaluated_row(family, spec, f"{n} paired seed(s); a seed-level test needs at least 2", n, note)
     bad = ~(np.isfinite(a) & np.isfinite(b))
     if bad.any():
-        return unevaluated_row(family, spec, f"the metric is NaN for {int(bad.sum())} of {n} seeds", n)
+        return unevaluated_row(family, spec, f"the metric is NaN for {int(bad.sum())} of {n} seeds", n, note)
     d = a - b
     effect = float(d.mean())
     sd = float(d.std(ddof=1))
     half = float(stats.t.ppf(1 - ALPHA / 2, n - 1) * sd / math.sqrt(n))
     lo, hi = _clip(effect - half, spec.difference_range), _clip(effect + half, spec.difference_range)
-    tied = sd <= 1e-12 * max(1.0, abs(effect)) or len(np.unique(np.round(d, 12))) < n
+    scale = float(np.abs(d).max()) or 1.0
+    distinct = len(np.unique(np.round(d / scale, 9)))
+    tied = sd <= 1e-12 * max(1.0, abs(effect)) or (n >= 3 and distinct <= 2)
     if tied:
         if np.allclose(d, 0.0, atol=1e-15):
             p = 1.0
@@ -244,7 +248,7 @@ def seed_row(
         test = TEST_SIGN_FLIP
         need = seeds_needed_for_sign_flip()
         mde = math.inf if n < need else mde_paired_t(sd, n)
-        reason = (f"the {n} per-seed differences are tied or have no spread, so the exact sign-flip test decides; "
+        reason = (f"the {n} per-seed differences take at most two distinct values, so the exact sign-flip test decides; "
                   f"its smallest two-sided p with {n} seeds is {2 / 2 ** n:.3g}")  # fmt: skip
         if n < need:
             reason += f" (p < {ALPHA} needs at least {need} seeds)"
@@ -275,7 +279,7 @@ def item_row(
     reps = reps[np.isfinite(reps)]
     if not np.isfinite(effect) or reps.size < 100:
         why = "the effect is NaN" if not np.isfinite(effect) else f"only {reps.size} usable bootstrap resamples"
-        return unevaluated_row(family, spec, why, n)
+        return unevaluated_row(family, spec, why, n, note)
     lo, hi = np.percentile(reps, [100 * ALPHA / 2, 100 * (1 - ALPHA / 2)])
     lo, hi = _clip(float(lo), spec.difference_range), _clip(float(hi), spec.difference_range)
     tail = min(np.mean(reps <= 0), np.mean(reps >= 0))

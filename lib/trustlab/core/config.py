@@ -28,6 +28,7 @@ from trustlab.core.paths import repo_root
 S = TypeVar("S", bound="Section")
 
 PROFILE_ENV = "TRUSTLAB_PROFILE"
+DVC_STAGE_ENV = "DVC_STAGE"  # set by DVC for every stage command
 
 
 class ConfigError(ValueError):
@@ -138,8 +139,12 @@ class Section:
         fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
         unknown = sorted(set(data) - set(fields))
         if unknown:
+            import difflib
+
+            close = difflib.get_close_matches(unknown[0], sorted(fields), n=1, cutoff=0.7)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ConfigError(
-                f"{where}: unknown key{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
+                f"{where}: unknown key{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}{hint}; "
                 f"allowed keys are {', '.join(sorted(fields))}"
             )
         kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
@@ -261,20 +266,34 @@ def load_params(
     """Read ``params.yaml`` and deep-merge the named profile's overrides on top.
 
     ``profile`` defaults to ``$TRUSTLAB_PROFILE``, then to the ``profile`` key of
-    ``params.yaml`` (``cpu``, which has no overrides file of its own).
+    ``params.yaml``. Under DVC (a stage command, ``$DVC_STAGE`` set) the profile comes from
+    ``params.yaml`` alone, since that is what ``dvc.lock`` records: a ``$TRUSTLAB_PROFILE``
+    that disagrees with it is an error, not an override.
     """
     root = repo_root()
     path = Path(path) if path is not None else root / "params.yaml"
     params = _read_yaml(path)
-    profile = profile or os.environ.get(PROFILE_ENV) or params.get("profile") or "cpu"
+    env_profile = os.environ.get(PROFILE_ENV)
+    if profile is None and env_profile and os.environ.get(DVC_STAGE_ENV) and env_profile != params.get("profile", "cpu"):
+        raise ConfigError(
+            f"{PROFILE_ENV}={env_profile} disagrees with profile = {params.get('profile', 'cpu')!r} in {path.name}: "
+            f"under DVC the profile comes from params.yaml (dvc.lock records it); set it there "
+            f"(or `dvc exp run -S profile={env_profile}`) and unset {PROFILE_ENV}"
+        )
+    profile = profile or env_profile or params.get("profile") or "cpu"
     profile_file = path.parent / "profiles" / f"{profile}.yaml"
     if not profile_file.exists():
         profile_file = root / "profiles" / f"{profile}.yaml"
     if profile_file.exists():
         params = deep_merge(params, _read_yaml(profile_file))
     elif profile != "cpu":
+        import difflib
+
         allowed = ["cpu", *[p for p in available_profiles(root) if p != "cpu"]]
-        raise ConfigError(f"profile = {profile!r} is not allowed: choose one of {', '.join(map(repr, allowed))}")
+        close = difflib.get_close_matches(str(profile), allowed, n=1, cutoff=0.5)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"profile = {profile!r} is not allowed{hint}: choose one of {', '.join(map(repr, allowed))} "
+                          f"(a profile is a file profiles/<name>.yaml)")
     params["profile"] = profile
     return params
 

@@ -85,9 +85,16 @@ def write_json(path: str | os.PathLike, obj: Any, *, indent: int = 2) -> Path:
     return atomic_write_text(path, text + "\n")
 
 
+class DataFileError(ValueError):
+    """A file that cannot be read as what it claims to be; the message names the file (and line)."""
+
+
 def read_json(path: str | os.PathLike) -> Any:
     with open(path, encoding="utf-8") as fh:
-        return json.load(fh)
+        try:
+            return json.load(fh)
+        except json.JSONDecodeError as exc:
+            raise DataFileError(f"{path}, line {exc.lineno} column {exc.colno}: not valid JSON ({exc.msg})") from None
 
 
 def write_jsonl(path: str | os.PathLike, rows: Iterable[Mapping[str, Any]]) -> Path:
@@ -98,8 +105,17 @@ def write_jsonl(path: str | os.PathLike, rows: Iterable[Mapping[str, Any]]) -> P
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
+    rows = []
     with open(path, encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise DataFileError(f"{path}, line {lineno} column {exc.colno}: not valid JSON ({exc.msg}); "
+                                    f"the file is truncated or corrupt") from None  # fmt: skip
+    return rows
 
 
 def write_csv(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]], fieldnames: Sequence[str] | None = None) -> Path:

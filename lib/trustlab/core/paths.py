@@ -34,3 +34,11 @@ def reports_dir(stage: str | None = None) -> Path:
 
 def models_dir() -> Path:
     return data_dir() / "models"
+
+
+def portable(path: str | os.PathLike) -> str:
+    """``path`` as recorded in a results file: relative to the repository root when it lies
+    inside it (so results do not depend on where the repository was cloned), else as given."""
+    p = Path(path).resolve()
+    root = repo_root().resolve()
+    return str(p.relative_to(root)) if p.is_relative_to(root) else str(path)

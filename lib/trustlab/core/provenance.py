@@ -7,6 +7,7 @@ import importlib.metadata
 import os
 import platform
 import subprocess
+import sys
 
 from trustlab.core.paths import repo_root
 
@@ -51,8 +52,35 @@ def package_versions(names: tuple[str, ...] = TRACKED_PACKAGES) -> dict[str, str
     return versions
 
 
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def cpu_model() -> str:
+    """The CPU's marketing name (``/proc/cpuinfo`` on Linux), else what ``platform`` knows."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.lower().startswith(("model name", "hardware", "cpu model")):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def thread_settings() -> dict[str, object]:
+    """torch's intra-op threads (only when torch is already imported: importing it here would
+    cost seconds) and the BLAS/OpenMP thread variables (``None`` when unset)."""
+    torch = sys.modules.get("torch")
+    threads: dict[str, object] = {"torch": torch.get_num_threads() if torch is not None else None}
+    threads.update({name: os.environ.get(name) for name in THREAD_VARIABLES})
+    return threads
+
+
 def machine() -> dict[str, object]:
-    return {"cpu_count": os.cpu_count(), "platform": platform.platform(), "processor": platform.machine()}
+    """What the numbers ran on: CPU model, core count (and how many this process may use), thread settings."""
+    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    return {"cpu_model": cpu_model(), "cpu_count": os.cpu_count(), "cpu_affinity": affinity,
+            "threads": thread_settings(), "platform": platform.platform(), "processor": platform.machine()}  # fmt: skip
 
 
 def provenance() -> dict[str, object]:

@@ -33,7 +33,7 @@ T = TypeVar("T")
 
 def did_you_mean(name: str, choices: list[str]) -> str:
     """`` (did you mean 'x'?)`` for a near miss, else an empty string."""
-    close = difflib.get_close_matches(str(name), choices, n=1, cutoff=0.6)
+    close = difflib.get_close_matches(str(name), choices, n=1, cutoff=0.7)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 

@@ -4,11 +4,11 @@ Every function reads a generated-data directory (``<data_dir>/generated``, the l
 ``trustlab.data.tasks``) and returns a pandas DataFrame, a dict or a matplotlib Figure;
 nothing here generates data.
 
-Token statistics use the base model's tokenizer recipe
-(``trustlab.lm.base_model.fit_tokenizer``: word level, answers with a leading space) so the
-lengths shown are the lengths the base model trains on: an example is
+Token statistics take a tokenizer as an argument (the notebook passes the base model's, so
+the lengths shown are the lengths the base model trains on): an example is
 ``<bos> prompt <sep> answer <eos>`` (``len = len(prompt) + len(answer) + 3``) and a
-biography ``<bos> text <eos>``.
+biography ``<bos> text <eos>``. This package generates and describes data only; it never
+imports the language-model package.
 """
 
 from __future__ import annotations
@@ -174,19 +174,12 @@ def fingerprint_frame(info: dict[str, Any]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def fit_tokenizer(gen_dir: str | os.PathLike):
-    """The base model's tokenizer recipe on this data (no code corpus)."""
-    from trustlab.lm.base_model import BaseModelConfig
-    from trustlab.lm.base_model import fit_tokenizer as fit
-
-    return fit(gen_dir, BaseModelConfig.from_dict({"mix": {"code": 0.0}}))
-
-
-def token_stats(gen_dir: str | os.PathLike, tokenizer=None) -> pd.DataFrame:
+def token_stats(gen_dir: str | os.PathLike, tokenizer) -> pd.DataFrame:
     """Per task/split (and biographies): examples, mean / 95th percentile / max tokens of the
     whole example and of the answer, and the share of unknown tokens (0 when the tokenizer
-    was fit on this data)."""
-    tok = tokenizer or fit_tokenizer(gen_dir)
+    was fit on this data). ``tokenizer``: any with ``encode_example``, ``encode_text`` and
+    ``unk_id``."""
+    tok = tokenizer
     rows = []
 
     def add(task, split, lengths, answer_lengths, unk, total):
@@ -225,9 +218,9 @@ def token_stats(gen_dir: str | os.PathLike, tokenizer=None) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def corpus_token_totals(gen_dir: str | os.PathLike, tokenizer=None) -> dict[str, Any]:
+def corpus_token_totals(gen_dir: str | os.PathLike, tokenizer) -> dict[str, Any]:
     """Vocabulary size and the token totals of what the base model pretrains on (one copy)."""
-    tok = tokenizer or fit_tokenizer(gen_dir)
+    tok = tokenizer
     bio_tokens = sum(len(tok.encode_text(t)[0]) for t in T.pretraining_texts(gen_dir))
     out = {"vocab_size": tok.vocab_size, "pretraining_bio_tokens": bio_tokens}
     for task, split in (

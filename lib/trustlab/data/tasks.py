@@ -27,7 +27,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from trustlab.core.io import read_json, read_jsonl, sha256_file
+from trustlab.core.io import DataFileError, read_json, read_jsonl, sha256_file
 
 # task name -> (sub-directory, splits). File of a split: <dir>/<split>.jsonl.
 WORLD_QA_SPLITS = ("qa_train", "qa_heldout", "new_facts", "nonexistent_train", "nonexistent_test")
@@ -85,6 +85,7 @@ def load_task(data_dir: str | os.PathLike, task: str, split: str) -> list[dict[s
     path = task_path(data_dir, task, split)
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist: run pipelines/generate_data.py (or generate_all) first")
+    ensure_intact(data_dir)
     return read_jsonl(path)
 
 
@@ -95,11 +96,13 @@ def pairs(records: Iterable[dict[str, Any]]) -> list[tuple[str, str]]:
 
 def load_people(data_dir: str | os.PathLike) -> dict[str, Any]:
     """``world/people.json``: ``{"abstain", "attributes", "closed_sets", "people", "nonexistent"}``."""
+    ensure_intact(data_dir)
     return read_json(Path(data_dir) / "world" / "people.json")
 
 
 def load_bios(data_dir: str | os.PathLike, splits: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """Biography records, optionally only of people in ``splits``."""
+    ensure_intact(data_dir)
     rows = read_jsonl(Path(data_dir) / "world" / "bios.jsonl")
     if splits is not None:
         bad = sorted(set(splits) - set(REAL_SPLITS))
@@ -117,6 +120,7 @@ def pretraining_texts(data_dir: str | os.PathLike) -> list[str]:
 
 def load_code(data_dir: str | os.PathLike, split: str | None = None) -> list[dict[str, Any]]:
     """Code-corpus file records (``path, text, sha256, n_bytes, split``), optionally one split."""
+    ensure_intact(data_dir)
     rows = read_jsonl(Path(data_dir) / "code" / "files.jsonl")
     if split is not None:
         if split not in ("train", "val"):
@@ -128,6 +132,25 @@ def load_code(data_dir: str | os.PathLike, split: str | None = None) -> list[dic
 def load_manifest(data_dir: str | os.PathLike, sub: str | None = None) -> dict[str, Any]:
     base = Path(data_dir) / sub if sub else Path(data_dir)
     return read_json(base / "manifest.json")
+
+
+_VERIFIED: set[Path] = set()
+
+
+def ensure_intact(data_dir: str | os.PathLike) -> None:
+    """Check every file the top-level manifest lists against its sha256, once per process and
+    data directory; raise :class:`~trustlab.core.io.DataFileError` naming the files that differ."""
+    base = Path(data_dir).resolve()
+    if base in _VERIFIED or not (base / "manifest.json").exists():
+        return
+    bad = verify(base)
+    if bad:
+        raise DataFileError(
+            f"{', '.join(str(base / b) for b in bad[:5])}{' ...' if len(bad) > 5 else ''}: missing, or its sha256 "
+            f"differs from {base / 'manifest.json'}; the generated data was edited or truncated: regenerate it "
+            f"(dvc repro data)"
+        )
+    _VERIFIED.add(base)
 
 
 def verify(data_dir: str | os.PathLike, sub: str | None = None) -> list[str]:

@@ -1,7 +1,7 @@
 """Entropy-guided attention: per-head attention entropy, the entropy regularizer, learnable
 temperatures, nonlinearity-reduced architectures and the ``entropy_attention`` stage.
 
-Method card: ``/work/shared/methods/entropy_attention.md``. One file per concept:
+Method background: ``docs/methods/entropy_attention.md``. One file per concept:
 
 * ``entropy``     per-head entropy (per layer / head / query, layer x head means, normalised by
                   the uniform-causal maximum), head bins, overloaded / collapsed fractions
@@ -11,9 +11,15 @@ Method card: ``/work/shared/methods/entropy_attention.md``. One file per concept
 * ``ffn``         ``scfu`` (ScFuFFN), ``mlp_wn`` / ``mlp_sn`` (weight / spectral normalised MLP)
 * ``variants``    the architecture table, by name (torch-free)
 * ``model``       ``build_model(variant, ...)`` (registers the kernels and FFNs)
-* ``training``    ``EntropyAttentionModule`` (a ``CausalLMModule``), ``EntropyMonitor``
+* ``module``      ``EntropyAttentionModule`` (a ``CausalLMModule``), ``EntropyMonitor``
 * ``config``      ``EntropyAttentionConfig`` (the ``entropy_attention:`` params section)
-* ``experiment``  the functions the ``entropy_attention`` notebook calls
+* ``results``     ``RunResult`` / ``Results``: what the stage produces (plain data)
+* ``run``         the corpus, one training run, the stage, the entropy-measurement overhead
+                  (no matplotlib, no W&B: tracking goes through an ``on_run`` hook)
+* ``claims``      the claims as data (``CLAIMS``) and their rows from the claims engine
+* ``tables``      the DataFrames of the notebook and ``metrics.json``
+* ``figures``     the ``plot_*`` functions
+* ``report``      headline, findings, ``StageOutputs``, the W&B run hook and summary run
 
 Names are imported on demand, so validating the params section imports neither torch nor
 Lightning.
@@ -47,8 +53,11 @@ _WHERE = {
     "build_model": "model",
     "gpt_config": "model",
     "learned_parameters": "model",
-    "EntropyAttentionModule": "training",
-    "EntropyMonitor": "training",
+    "EntropyAttentionModule": "module",
+    "EntropyMonitor": "module",
+    "RunResult": "results",
+    "Results": "results",
+    "CLAIMS": "claims",
     "EntropyAttentionConfig": "config",
 }
 

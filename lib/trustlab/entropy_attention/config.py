@@ -1,7 +1,7 @@
 """The ``entropy_attention:`` section of ``params.yaml`` (no torch import: validation is cheap).
 
-Defaults: the method card's CPU pilot setup (byte tokens on Python stdlib source, L = 4, H = 4,
-d = 128, T = 128, batch 16) with far fewer steps, so that the whole default stage fits in about
+Defaults: a CPU-sized setup (byte tokens on Python stdlib source, L = 4, H = 4,
+d = 128, T = 128, batch 16) with few steps, so that the whole default stage fits in about
 12 minutes on a 2-core CPU (see ``steps``). Regularizer: gamma = 0.2 (paper), lam = 0.16 (the
 paper's summed 1e-5 at batch 128 x T 128 as a per-element mean: ``lam = lambda_sum * B * T``),
 theta initialised to 0.5 (unpublished), temperatures to 1 (identity; the paper's 1e-2 / 1e-1
@@ -38,7 +38,7 @@ class EntropyAttentionConfig(Section):
     # training (identical for every variant)
     steps: int = 90
     """Optimizer steps per run: ~9-23 s per run (90-240 ms/step by variant) on the shared 2-core CPU,
-    so that 12 variants x 3 seeds + the gamma sweep fit in ~10 minutes (the pilot used 1200)."""
+    so that 12 variants x 3 seeds + the gamma sweep fit in ~10 minutes."""
     batch_size: int = 16
     lr: float = 3e-3
     warmup_steps: int = 15

@@ -1,4 +1,4 @@
-"""Per-head attention entropy (method card "Definitions").
+"""Per-head attention entropy (definitions in docs/methods/entropy_attention.md).
 
 For query ``i`` of head ``h`` in layer ``l``: ``H_i = -sum_j a_ij log a_ij`` over the keys the
 query may attend to (causal and not padding). Masked probabilities are exactly 0 in every

@@ -1,22 +1,11 @@
-"""Attention kernels of the entropy-attention family (registered in ``trustlab.lm.gpt``).
+"""Attention kernels of the entropy-attention family.
 
-* ``softmax_t`` — softmax with a learnable temperature per head and per query position,
-  ``a_ij = softmax_j(q_i . k_j / (t[h, pos_i] sqrt(d)))``. The paper initialises t to 1e-2 or
-  1e-1 with an unpublished parametrisation; we use ``t = exp(tau)`` (always positive) and
-  initialise to the identity, ``tau = log(temperature_init)`` with ``temperature_init = 1``:
-  dividing q by exactly 1.0 reproduces the softmax kernel bit for bit (both paths).
-* ``softmax_pa`` — our implementation of Selective Attention's position-aware temperature:
-  logits scaled by ``1 + exp(-exp(beta)) * log(n_i)`` (``n_i`` = keys query i may attend to),
-  one scalar beta per module initialised to ``selective_beta_init`` (1.5).
-* ``softplus`` — our implementation of LSSA (arXiv 2501.13428): L2-normalised q and k,
-  ``A = softplus(log(d) * log(n_i) * q_i . k_j)``, the causal 0/1 mask, row L1-normalisation;
-  optional re-weighting ``relu(A * n_i - O) ** p`` and a second L1-normalisation
-  (attention_kwargs ``softplus_reweight``, ``softplus_p`` (15), ``softplus_offset`` O (1: only
-  weights above the row's uniform level survive)). A row the re-weighting empties (e.g. the
-  first query, whose single weight is exactly uniform) keeps its LSSA weights.
-
-All kernels return probabilities with masked entries exactly 0. Scaling q (per query) instead
-of the logits keeps the fused ``scaled_dot_product_attention`` fast path for the softmax ones.
+Adding a kernel is one class here: subclass ``AttentionKernel`` (or ``SoftmaxAttention``),
+register it with ``@register_attention("<name>")`` (the registry of ``trustlab.lm.gpt``), put
+its formula in the class docstring, and name it in a variant (``variants.py``). Every kernel
+returns probabilities whose masked entries are exactly 0, so the entropy code needs no special
+case. The softmax ones scale q (per query) instead of the logits, which keeps the fused
+``scaled_dot_product_attention`` fast path.
 """
 
 from __future__ import annotations
@@ -40,7 +29,14 @@ def _positions(positions: torch.Tensor | None, q: torch.Tensor, k: torch.Tensor)
 
 @register_attention("softmax_t")
 class TemperatureSoftmaxAttention(SoftmaxAttention):
-    """Softmax attention with a learnable (n_head, block_size) temperature."""
+    """``softmax_t``: softmax with a learnable temperature per head and query position,
+
+        a_ij = softmax_j(q_i . k_j / (t[h, pos_i] sqrt(d))),   t = exp(tau), shape (n_head, block_size).
+
+    The paper initialises t to 1e-2 or 1e-1 with an unpublished parametrisation; we keep t > 0
+    through ``exp`` and start at the identity, ``tau = log(temperature_init)`` with
+    ``temperature_init = 1``: dividing q by exactly 1.0 reproduces the softmax kernel bit for bit
+    (fused and explicit paths)."""
 
     def __init__(self, config, layer_idx: int):
         super().__init__(config, layer_idx)
@@ -68,7 +64,12 @@ class TemperatureSoftmaxAttention(SoftmaxAttention):
 
 @register_attention("softmax_pa")
 class PositionAwareSoftmaxAttention(SoftmaxAttention):
-    """Softmax attention with Selective Attention's position-aware temperature."""
+    """``softmax_pa``: our implementation of Selective Attention's position-aware temperature,
+
+        a_ij = softmax_j((1 + exp(-exp(beta)) * log(n_i)) * q_i . k_j / sqrt(d)),
+
+    ``n_i`` the number of keys query i may attend to, one scalar beta per module initialised to
+    ``selective_beta_init`` (1.5)."""
 
     def __init__(self, config, layer_idx: int):
         super().__init__(config, layer_idx)
@@ -87,7 +88,16 @@ class PositionAwareSoftmaxAttention(SoftmaxAttention):
 
 @register_attention("softplus")
 class SoftplusAttention(AttentionKernel):
-    """LSSA, optionally re-weighted (LSSAR)."""
+    """``softplus``: our implementation of LSSA (arXiv 2501.13428), optionally re-weighted (LSSAR),
+
+        A_ij = softplus(log(d) * log(n_i) * q^_i . k^_j) * causal_ij,   a_ij = A_ij / sum_j A_ij,
+
+    with q^, k^ the L2-normalised q and k and ``n_i`` the keys query i may attend to. The
+    re-weighting (attention_kwargs ``softplus_reweight``) maps each row to
+    ``relu(a_ij * n_i - O) ** p`` and L1-normalises again (``softplus_p`` p = 15,
+    ``softplus_offset`` O = 1: only weights above the row's uniform level survive). A row the
+    re-weighting empties (e.g. the first query, whose single weight is exactly uniform) keeps its
+    LSSA weights."""
 
     def __init__(self, config, layer_idx: int):
         super().__init__(config, layer_idx)

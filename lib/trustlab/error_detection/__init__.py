@@ -1,10 +1,9 @@
-"""Error detection in language-model responses (method card:
-``/work/shared/methods/error_detection.md``).
+"""Error detection in language-model responses (background: docs/methods/error_detection.md).
 
 Shaped like lm-polygraph without depending on it: per-generation statistics are computed
 once and stored (:mod:`.statistics`, ``GenerationStats``), *estimators* are small functions
 from those statistics to an uncertainty score u (higher = more likely an error;
-:mod:`.estimators`, ``build_estimator`` registry), and *metrics* score estimators against the
+:mod:`.estimators`, the ``DETECTORS`` registry), and *metrics* score estimators against the
 error labels (:mod:`.metrics`: AUROC, AUPRC + base rate, normalised PRR, ReaLMistake-style
 P/R/F1 with the always-error and random baselines, bootstrap CIs). :mod:`.config` holds
 ``ErrorDetectionConfig`` (the ``error_detection:`` section of ``params.yaml``).
@@ -13,8 +12,9 @@ Model side: :mod:`.collect` draws prompts and a fit/test split from the generate
 computes the statistics with any model ``trustlab.lm.generation.generate`` accepts (greedy
 pass with hidden states + K samples, answers, checker labels, pooling; stored and reused);
 :mod:`.inject` makes AEGIS-style injected errors and scores them by teacher forcing.
-:mod:`.experiment` is what the ``error_detection`` notebook calls (tables, claims, figures,
-outputs, W&B).
+The stage itself: :mod:`.run` (models, prompts, detectors -> ``Results``; no plotting, no
+W&B), :mod:`.claims` (the claims as data, evaluated by ``trustlab.core.claims``), :mod:`.tables`,
+:mod:`.figures` and :mod:`.report` (headline, findings, outputs, W&B runs).
 
 Submodules are imported lazily so that loading the config does not import scikit-learn.
 """
@@ -31,7 +31,7 @@ _EXPORTS = {
     "assign_splits": "statistics",
     "build_estimator": "estimators",
     "estimator_names": "estimators",
-    "ESTIMATORS": "estimators",
+    "DETECTORS": "estimators",
     "evaluate": "metrics",
     "ErrorDetectionConfig": "config",
     "select_prompts": "collect",

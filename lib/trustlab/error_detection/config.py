@@ -1,7 +1,7 @@
 """The ``error_detection:`` section of ``params.yaml``.
 
 Detector names and per-detector parameters are checked against the estimator registry
-(:mod:`trustlab.error_detection.estimators`) and task names / data splits against
+(:data:`trustlab.error_detection.estimators.DETECTORS`, a registry) and task names / data splits against
 :mod:`trustlab.data.tasks` when the config is loaded, before any generation starts.
 """
 
@@ -31,6 +31,18 @@ def _all_detectors() -> list[str]:
     from trustlab.error_detection.estimators import estimator_names
 
     return estimator_names()
+
+
+def _check_detector(name: str, params: dict[str, Any], where: str) -> None:
+    """The registry's check of a detector name and its keyword arguments, the message prefixed
+    with the params key it came from."""
+    from trustlab.error_detection.estimators import DETECTORS
+
+    try:
+        DETECTORS.check(name, params, where=where, skip=("span",))
+    except ConfigError as exc:
+        msg = str(exc)
+        raise ConfigError(msg if msg.startswith(where) else f"{where}: {msg}") from None
 
 
 @dataclass(frozen=True)
@@ -72,7 +84,7 @@ class ErrorDetectionConfig(Section):
     claims_min_per_class: int = 5
 
     def validate(self) -> None:
-        from trustlab.error_detection.estimators import ESTIMATORS, build_estimator
+        from trustlab.error_detection.estimators import build_estimator
 
         self.check_range("seed", 0, None)
         if not self.model:
@@ -119,7 +131,7 @@ class ErrorDetectionConfig(Section):
         if self.k_samples < 2:
             raise ConfigError(
                 f"{self._path()}.k_samples = {self.k_samples!r} is out of range: allowed 2 <= k_samples "
-                "(K >= 2 samples per prompt; self-consistency and RPC compare samples; the method card uses K >= 16)"
+                "(K >= 2 samples per prompt; self-consistency and RPC compare samples; docs/methods/error_detection.md recommends K >= 16)"
             )
         self.check_range("temperature", 0.0, None, lo_open=True)
         self.check_range("top_p", 0.0, 1.0, lo_open=True)
@@ -127,23 +139,22 @@ class ErrorDetectionConfig(Section):
         self.check_range("max_new_tokens", 1, None)
         self.check_range("batch_size", 1, None)
         self.check_range("threads", 1, 64)
-        # detectors
-        self.check_subset("detectors", list(ESTIMATORS))
+        # detectors: names and keyword arguments are checked by the registry, values by building one
+        for name in self.detectors:
+            _check_detector(name, {}, f"{self._path()}.detectors")
         if len(set(self.detectors)) != len(self.detectors):
             self.fail("detectors", "distinct detector names")
         self.check_subset("spans", SPANS)
         for name, params in self.detector_params.items():
-            if name not in ESTIMATORS:
-                raise ConfigError(
-                    f"{self._path()}.detector_params: unknown detector {name!r}; "
-                    f"allowed: {', '.join(map(repr, ESTIMATORS))}"
-                )
+            where = f"{self._path()}.detector_params.{name}"
+            _check_detector(name, params, where)
             try:
                 build_estimator(name, **dict(params))
             except (ValueError, TypeError) as exc:
-                raise ConfigError(f"{self._path()}.detector_params.{name}: {exc}") from None
-        layered = [n for n, c in ESTIMATORS.items() if {"layer", "layers"} & set(c._param_names())]
-        self.check_subset("per_layer", layered, nonempty=False)
+                raise ConfigError(f"{where}: {exc}") from None
+        from trustlab.error_detection.estimators import layered_detectors
+
+        self.check_subset("per_layer", layered_detectors(), nonempty=False)
         # evaluation
         self.check_range("bootstrap_resamples", 0, None)
         self.check_range("ci_level", 0.5, 1.0, hi_open=True)

@@ -3,10 +3,13 @@
 Every estimator maps a :class:`~trustlab.error_detection.statistics.GenerationStats` to one score
 per row, **higher u = more likely an error**, and runs on ``span="answer"`` (the extracted
 answer's tokens / answer-pooled hidden states) or ``span="response"`` (the whole greedy
-response). Build them by name::
+response). Every detector is one class registered in :data:`DETECTORS` (a
+:class:`trustlab.core.registry.Registry`) with ``@detector("name")``; build them by name::
 
     est = build_estimator("rpc", span="response", prune=True)
     u = est.fit(stats.select(split="fit")).score(stats.select(split="test"))
+
+Method background: docs/methods/error_detection.md.
 
 Leakage guards (the test split's labels can never reach a detector):
 
@@ -37,6 +40,7 @@ import numpy as np
 from scipy.optimize import brentq
 from scipy.special import gammaln, logsumexp
 
+from trustlab.core.registry import Registry
 from trustlab.error_detection.statistics import GenerationStats, check_disjoint, check_span
 
 __all__ = [
@@ -52,7 +56,9 @@ __all__ = [
     "LinearProbe",
     "KNN",
     "SDMAdaptation",
-    "ESTIMATORS",
+    "DETECTORS",
+    "detector",
+    "layered_detectors",
     "build_estimator",
     "estimator_names",
     "describe_estimators",
@@ -181,39 +187,59 @@ class Estimator:
         raise NotImplementedError
 
 
+DETECTORS: Registry[type[Estimator]] = Registry("detector")
+
+
+def detector(name: str):
+    """Class decorator: register a detector under ``name`` (also its ``name`` attribute, used
+    in messages). Adding a detector is one decorated class."""
+
+    def register(cls: type[Estimator]) -> type[Estimator]:
+        cls.name = name
+        return DETECTORS.register(name)(cls)
+
+    return register
+
+
+def layered_detectors() -> list[str]:
+    """Detectors with a ``layer`` or ``layers`` parameter (what the per-layer table can sweep)."""
+    return [n for n in DETECTORS if {"layer", "layers"} & set(DETECTORS.parameters(n))]
+
+
 # -- logit-based (unfitted) ---------------------------------------------------------------------
 
 
+@detector("msp")
 class MSP(Estimator):
     """Maximum sequence probability: u = -sum_{t in span} log p(y_t)."""
 
-    name = "msp"
     label = "MSP (-sum log p)"
 
     def _score(self, stats, in_sample):
         return np.array([msp(a) for a in stats.span_tokens("logprobs", self.span)])
 
 
+@detector("perplexity")
 class Perplexity(Estimator):
     """Perplexity (log form): u = -mean_{t in span} log p(y_t)."""
 
-    name = "perplexity"
     label = "Perplexity (-mean log p)"
 
     def _score(self, stats, in_sample):
         return np.array([perplexity(a) for a in stats.span_tokens("logprobs", self.span)])
 
 
+@detector("mean_token_entropy")
 class MeanTokenEntropy(Estimator):
     """Mean token entropy: u = mean_{t in span} H_t (full-vocabulary entropy)."""
 
-    name = "mean_token_entropy"
     label = "Mean token entropy"
 
     def _score(self, stats, in_sample):
         return np.array([mean_token_entropy(a) for a in stats.span_tokens("entropies", self.span)])
 
 
+@detector("zero_shot_z")
 class ZeroShotZ(Estimator):
     """Zero-shot statistic z, *reused as an error signal*.
 
@@ -224,7 +250,6 @@ class ZeroShotZ(Estimator):
     surprising than the model itself expects) is used as an uncertainty score.
     """
 
-    name = "zero_shot_z"
     label = "Zero-shot z (provenance test reused as a signal)"
 
     def __init__(self, span: str = "answer", eps: float = 1e-12):
@@ -241,6 +266,7 @@ class ZeroShotZ(Estimator):
 # -- sample-based (unfitted) --------------------------------------------------------------------
 
 
+@detector("self_consistency")
 class SelfConsistency(Estimator):
     """Self-consistency: u = 1 - (1/K) #{k : sample_k == greedy}.
 
@@ -249,7 +275,6 @@ class SelfConsistency(Estimator):
     match: answers should be normalised by the extractor.
     """
 
-    name = "self_consistency"
     label = "Self-consistency (1 - frequency of the greedy answer)"
 
     def _score(self, stats, in_sample):
@@ -468,6 +493,7 @@ def rpc_answer_scores(
     return {a: s / total for a, s in score.items()}, keep
 
 
+@detector("rpc")
 class RPC(Estimator):
     """RPC (perplexity consistency + reasoning pruning), as an uncertainty score.
 
@@ -480,7 +506,6 @@ class RPC(Estimator):
     no kept sample has it) or u = 1 - max_a conf(a) (``target="argmax"``, RPC's own answer).
     """
 
-    name = "rpc"
     label = "RPC (perplexity consistency + Weibull pruning)"
 
     def __init__(
@@ -542,6 +567,7 @@ def _features(stats: GenerationStats, span: str, layer: int) -> np.ndarray:
     return np.asarray(h[:, _layer_index(layer, h.shape[1]), :], dtype=np.float64)
 
 
+@detector("mahalanobis")
 class MahalanobisSingle(Estimator):
     """Mahalanobis distance, lm-polygraph form (single centroid).
 
@@ -552,7 +578,6 @@ class MahalanobisSingle(Estimator):
     ``"correct"`` (only fit rows whose response is right).
     """
 
-    name = "mahalanobis"
     label = "Mahalanobis (lm-polygraph single centroid)"
     needs_fit = True
 
@@ -604,6 +629,7 @@ def _class_scores(x: np.ndarray, means: np.ndarray, prec: np.ndarray) -> np.ndar
     return np.stack(cols, axis=1)
 
 
+@detector("mahalanobis_lee")
 class MahalanobisLee(Estimator):
     """Mahalanobis, Lee et al. form: class-conditional Gaussians with a tied covariance.
 
@@ -619,7 +645,6 @@ class MahalanobisLee(Estimator):
     applied: it needs the model (embedding space), not stored statistics.
     """
 
-    name = "mahalanobis_lee"
     label = "Mahalanobis (Lee et al.: tied covariance, layers combined by LR)"
     needs_fit = True
     supervised = True
@@ -704,6 +729,7 @@ def _probe(C: float):
     return make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=2000))
 
 
+@detector("linear_probe")
 class LinearProbe(Estimator):
     """Linear probe: logistic regression on standardised pooled hidden states of one layer,
     fitted on the fit split's labels; u = log-odds of "wrong" (decision function).
@@ -712,7 +738,6 @@ class LinearProbe(Estimator):
     the fit split (stored as ``layer_`` and ``cv_auroc_``).
     """
 
-    name = "linear_probe"
     label = "Linear probe (logistic regression on hidden states)"
     needs_fit = True
     supervised = True
@@ -768,11 +793,11 @@ class _NeighbourBase(Estimator):
         return x, d
 
 
+@detector("knn")
 class KNN(_NeighbourBase):
     """kNN error rate: u = fraction of wrong responses among the k nearest fit rows (Euclidean
     distance between standardised pooled hidden states of ``layer``)."""
 
-    name = "knn"
     label = "kNN error rate (hidden states)"
 
     def __init__(self, span: str = "answer", layer: int = -1, k: int = 10):
@@ -791,6 +816,7 @@ class KNN(_NeighbourBase):
         return self.y_fit_[nn].mean(axis=1)
 
 
+@detector("sdm_adaptation")
 class SDMAdaptation(_NeighbourBase):
     """SDM-style detector -- an *adaptation* of "Similarity-Distance-Magnitude Universal
     Verification"; the exact SDM formula is unverified here.
@@ -807,7 +833,6 @@ class SDMAdaptation(_NeighbourBase):
       training data (d -> 0) u tends to 1/2.
     """
 
-    name = "sdm_adaptation"
     label = "SDM-style similarity x distance x magnitude (adaptation)"
 
     def __init__(self, span: str = "answer", layer: int = -1, C: float = 1.0, n_folds: int = 5, seed: int = 0):
@@ -852,40 +877,25 @@ class SDMAdaptation(_NeighbourBase):
         return self.components(stats, in_sample)["u"]
 
 
-# -- registry ---------------------------------------------------------------------------------
-
-ESTIMATORS: dict[str, type[Estimator]] = {
-    cls.name: cls
-    for cls in (
-        MSP, Perplexity, MeanTokenEntropy, ZeroShotZ, SelfConsistency, RPC,
-        MahalanobisSingle, MahalanobisLee, LinearProbe, KNN, SDMAdaptation,
-    )
-}
+# -- registry: names and keyword arguments come from here ------------------------------------
 
 
 def estimator_names() -> list[str]:
-    return list(ESTIMATORS)
+    return DETECTORS.names()
 
 
 def build_estimator(name: str, span: str = "answer", **kwargs: Any) -> Estimator:
-    """Construct a registered estimator; unknown names or keyword arguments raise ValueError."""
-    if name not in ESTIMATORS:
-        raise ValueError(f"unknown detector {name!r}; allowed detectors are {', '.join(map(repr, ESTIMATORS))}")
-    cls = ESTIMATORS[name]
-    allowed = [p for p in cls._param_names() if p != "span"]
-    bad = sorted(set(kwargs) - set(allowed))
-    if bad:
-        raise ValueError(
-            f"detector {name!r}: unknown parameter{'s' if len(bad) > 1 else ''} {', '.join(map(repr, bad))}; "
-            f"allowed: {', '.join(map(repr, allowed)) or 'none'}"
-        )
-    return cls(span=span, **kwargs)
+    """Construct a registered detector on ``span``; an unknown name or keyword argument raises
+    :class:`~trustlab.core.config.ConfigError` (a ``ValueError``) naming what is allowed."""
+    DETECTORS.check(name, kwargs, skip=("span",))
+    return DETECTORS.get(name)(span=span, **kwargs)
 
 
 def describe_estimators() -> list[dict[str, Any]]:
     """One row per detector (name, label, fitted?, supervised?, first docstring line)."""
     rows = []
-    for name, cls in ESTIMATORS.items():
+    for name in DETECTORS:
+        cls = DETECTORS.get(name)
         sup = cls.supervised if isinstance(cls.__dict__.get("supervised"), bool) else "optional"
         rows.append({"name": name, "label": cls.label, "needs_fit": cls.needs_fit, "supervised": sup,
                      "summary": (cls.__doc__ or "").strip().splitlines()[0]})
@@ -928,11 +938,9 @@ def per_layer_auroc(
     from trustlab.error_detection.metrics import auroc
 
     check_disjoint(stats_fit.ids, stats_test.ids)
-    if method not in ESTIMATORS:
-        build_estimator(method)  # raises the unknown-name error
-    params = ESTIMATORS[method]._param_names()
+    params = DETECTORS.parameters(method)  # raises the unknown-name error
     if "layer" not in params and "layers" not in params:
-        allowed = [n for n, c in ESTIMATORS.items() if {"layer", "layers"} & set(c._param_names())]
+        allowed = layered_detectors()
         raise ValueError(f"method = {method!r} has no layer parameter; choose one of {', '.join(map(repr, allowed))}")
     y = stats_test.labels()
     rows = []

@@ -1,6 +1,6 @@
 """Metrics that score an uncertainty u (higher = more likely an error) against error labels.
 
-Threshold-free metrics come first (method card):
+Threshold-free metrics come first (docs/methods/error_detection.md):
 
 - **AUROC** ``roc_auc_score(is_error, u)``; **AUPRC** ``average_precision_score(is_error, u)``,
   always reported with the base error rate b (a random detector's AUPRC).
@@ -160,13 +160,20 @@ def prr_random(is_error: Any) -> float:
 
 
 def prr_random_shuffled(is_error: Any, n_shuffles: int = 1000, seed: int = 42) -> float:
-    """The random baseline as lm-polygraph computes it: mean PRR over random permutations."""
+    """The random baseline as lm-polygraph's ``get_random_scores`` computes it: the mean PRR of
+    the scores ``arange(N)`` over ``n_shuffles`` in-place shuffles.
+
+    Seeding: lm-polygraph calls ``np.random.seed(seed)`` (default 42) and then
+    ``np.random.shuffle`` once per shuffle, i.e. the legacy Mersenne-Twister stream. We draw the
+    same stream from a private ``np.random.RandomState(seed)``, so the shuffles, and hence the
+    value, are identical to lm-polygraph's while numpy's global random state is left untouched.
+    """
     e, _ = _check(is_error)
-    gen = np.random.default_rng(seed)
-    scores = np.arange(e.size, dtype=np.float64)
+    stream = np.random.RandomState(seed)
+    scores = np.arange(e.size)
     vals = []
     for _ in range(n_shuffles):
-        gen.shuffle(scores)
+        stream.shuffle(scores)
         vals.append(prr(scores, e, ties="stable"))
     return float(np.mean(vals))
 

@@ -419,7 +419,7 @@ class GenerationStats:
         return self.n
 
     @property
-    def K(self) -> int:  # noqa: N802 (the method card's name)
+    def K(self) -> int:  # noqa: N802 (the literature's name)
         return int(self.sample_answers.shape[1])
 
     @property

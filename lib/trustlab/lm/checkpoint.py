@@ -65,7 +65,14 @@ def read_config(directory: str | os.PathLike) -> GPTConfig:
 
 def load_weights(model: GPT, directory: str | os.PathLike) -> GPT:
     """Load ``model.safetensors`` into an existing model of the same architecture."""
-    state = st_load((Path(directory) / MODEL_FILE).read_bytes())
+    path = Path(directory) / MODEL_FILE
+    try:
+        state = st_load(path.read_bytes())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} does not exist: no model weights in {directory}") from None
+    except Exception as exc:  # safetensors raises its own error types for a truncated or corrupt file
+        raise ValueError(f"{path} cannot be read as safetensors ({type(exc).__name__}: {exc}); "
+                         f"the file is truncated or corrupt: regenerate it (dvc repro)") from exc
     aliases = set(model.state_dict()) - set(_unique_state(model))  # tied weights, stored once
     missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected or set(missing) - aliases:

@@ -36,6 +36,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from trustlab.core.registry import Registry
+
 # ---------------------------------------------------------------------------------------------
 # config
 
@@ -90,9 +92,35 @@ class GPTConfig:
 # ---------------------------------------------------------------------------------------------
 # registries
 
-ATTENTION: dict[str, Callable[..., nn.Module]] = {}
-NORMS: dict[str, Callable[..., nn.Module]] = {}
-FFNS: dict[str, Callable[..., nn.Module]] = {}
+class PartRegistry(Registry):
+    """A :class:`~trustlab.core.registry.Registry` of model parts. Re-running a notebook cell or
+    reloading a module registers the same definition again (a new object, same module and
+    name): that replaces the entry instead of failing. A name that is not registered is a
+    ``KeyError`` that says which module to import."""
+
+    def register(self, name: str):
+        def decorator(obj):
+            prev = self._items.get(name)
+            same = prev is not None and (prev.__module__, prev.__qualname__) == (obj.__module__, obj.__qualname__)
+            if prev is not None and prev is not obj and not same:
+                raise ValueError(f"{self.kind} {name!r} is already registered (by {prev!r})")
+            self._items[name] = obj
+            return obj
+
+        return decorator
+
+    def get(self, name: str):
+        if name not in self._items:
+            raise KeyError(
+                f"{self.kind} {name!r} is not registered; registered: {sorted(self._items)}. "
+                "Import the module that registers it before building or loading the model."
+            )
+        return self._items[name]
+
+
+ATTENTION = PartRegistry("attention kernel")
+NORMS = PartRegistry("norm")
+FFNS = PartRegistry("ffn")
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "gelu": lambda: nn.GELU(),
     "relu": lambda: nn.ReLU(),
@@ -100,53 +128,31 @@ ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
 }
 
 
-def _register(registry: dict, kind: str, name: str):
-    def decorator(obj):
-        prev = registry.get(name)
-        # re-running a notebook cell or reloading a module re-registers the same definition
-        same = prev is not None and (prev.__module__, prev.__qualname__) == (obj.__module__, obj.__qualname__)
-        if prev is not None and prev is not obj and not same:
-            raise ValueError(f"{kind} {name!r} is already registered (by {prev!r})")
-        registry[name] = obj
-        return obj
-
-    return decorator
-
-
 def register_attention(name: str):
     """Decorator: ``@register_attention("softplus") class SoftplusKernel(AttentionKernel): ...``"""
-    return _register(ATTENTION, "attention kernel", name)
+    return ATTENTION.register(name)
 
 
 def register_norm(name: str):
     """Decorator for a norm factory ``cls(config) -> nn.Module``."""
-    return _register(NORMS, "norm", name)
+    return NORMS.register(name)
 
 
 def register_ffn(name: str):
     """Decorator for a feed-forward module ``cls(config, layer_idx)`` (subclass :class:`FFN`)."""
-    return _register(FFNS, "ffn", name)
-
-
-def _lookup(registry: dict, kind: str, name: str):
-    if name not in registry:
-        raise KeyError(
-            f"{kind} {name!r} is not registered; registered: {sorted(registry)}. "
-            "Import the module that registers it before building or loading the model."
-        )
-    return registry[name]
+    return FFNS.register(name)
 
 
 def build_attention_kernel(config: GPTConfig, layer_idx: int) -> nn.Module:
-    return _lookup(ATTENTION, "attention kernel", config.attention)(config, layer_idx)
+    return ATTENTION.get(config.attention)(config, layer_idx)
 
 
 def build_norm(config: GPTConfig, name: str | None = None) -> nn.Module:
-    return _lookup(NORMS, "norm", name or config.norm)(config)
+    return NORMS.get(name or config.norm)(config)
 
 
 def build_ffn(config: GPTConfig, layer_idx: int) -> nn.Module:
-    return _lookup(FFNS, "ffn", config.ffn)(config, layer_idx)
+    return FFNS.get(config.ffn)(config, layer_idx)
 
 
 def no_weight_decay(param: nn.Parameter) -> nn.Parameter:

@@ -1,15 +1,21 @@
 """Hallucination noise fine-tuning (NoiseFiT) with NEFTune and R-Drop baselines.
 
-Method card: ``/work/shared/methods/noisefit.md``. One file per concept:
+Method background: docs/methods/noisefit.md. One file per concept:
 
-* ``config``     ``NoiseFitConfig`` (the ``noisefit:`` params section), ``DecodingConfig``
-* ``variants``   the fine-tuning variants by name and their loss terms
-* ``noise``      the adaptive noise function and the sigma0 / sigma0**2 convention
-* ``snr``        per-layer SNR and top-k Largest / Lowest layer selection
-* ``hooks``      ``NoiseInjector``: noise on selected blocks, only inside a noisy pass
-* ``losses``     hybrid loss, R-Drop, NEFTune
-* ``training``   ``NoiseFitModule`` (a ``CausalLMModule``) for every variant (imports Lightning)
-* ``experiment`` the functions the ``noisefit`` notebook calls
+* ``config``      ``NoiseFitConfig`` (the ``noisefit:`` params section), ``DecodingConfig``
+* ``variants``    the fine-tuning variants by name: objective, its keyword arguments, label
+* ``objectives``  the registered training objectives (SFT, NEFTune, R-Drop, NoiseFiT, noisy CE)
+* ``noise``       the adaptive noise function and the sigma0 / sigma0**2 convention
+* ``snr``         per-layer SNR and top-k Largest / Lowest layer selection
+* ``hooks``       ``NoiseInjector``: noise on selected blocks, only inside a noisy pass
+* ``losses``      hybrid loss, R-Drop, NEFTune
+* ``module``      ``NoiseFitModule`` (a ``CausalLMModule``) for every variant (imports Lightning)
+* ``world``       the fine-tuning sets and evaluation items of the synthetic world
+* ``evaluation``  every metric of one model
+* ``run``         plan, fine-tune, evaluate -> ``Results`` (no plotting, no W&B)
+* ``tracker``     W&B logging of each fine-tuning run
+* ``claims``      the family's claims as data, evaluated by ``trustlab.core.claims``
+* ``tables``, ``figures``, ``report``  what the notebook shows and the stage writes
 
 Names are imported on demand (``from trustlab.noisefit import NoiseFitModule`` pulls in
 Lightning; validating the params section imports neither torch nor Lightning).
@@ -35,8 +41,13 @@ _WHERE = {
     "VARIANTS": "variants",
     "Variant": "variants",
     "get_variant": "variants",
-    "loss_weights": "variants",
-    "NoiseFitModule": "training",
+    "OBJECTIVES": "objectives",
+    "build_objective": "objectives",
+    "loss_weights": "objectives",
+    "NoiseFitModule": "module",
+    "Results": "run",
+    "run_experiment": "run",
+    "CLAIMS": "claims",
 }
 
 __all__ = list(_WHERE)

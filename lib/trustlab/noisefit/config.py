@@ -1,6 +1,6 @@
 """The ``noisefit:`` section of ``params.yaml`` (no torch import, so params validation is cheap).
 
-Defaults follow the method card (v1 code) where it applies to our scale:
+Defaults follow the paper's public v1 code (docs/methods/noisefit.md) where it applies to our scale:
 
 * beta = 0.1, 10 SNR draws, alpha = 0.5, lambda = 0.1, T = 1;
 * ``noise_scale: sigma0`` — one noise function, ``base_std = sigma0 * std(h)``, both for the SNR
@@ -90,14 +90,14 @@ class NoiseFitConfig(Section):
     export: bool = True
     base_model: str = "models/base"  # relative to data_dir (or absolute)
 
-    # SNR and noise (card sections 1-4)
+    # SNR and noise
     k: int = 2
     sigma0: float = 0.01
     noise_scale: Literal["sigma0", "sigma0_squared"] = "sigma0"
     beta: float = 0.1
     snr_draws: int = 10
 
-    # hybrid loss (card section 5)
+    # hybrid loss
     alpha: float = 0.5
     lambda_consistency: float = 0.1
     temperature: float = 1.0

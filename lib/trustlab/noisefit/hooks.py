@@ -1,4 +1,4 @@
-"""Forward hooks that noise the outputs of the selected decoder blocks (card, section 4).
+"""Forward hooks that noise the outputs of the selected decoder blocks.
 
 The hooks are registered once (``attach``) and do nothing until a *noisy pass* is entered::
 

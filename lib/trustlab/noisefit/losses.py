@@ -5,7 +5,7 @@ predicts token t+1; a target counts iff its own ``loss_mask`` is 1) and ``masked
 the counted targets, so CE, the soft KL, the consistency KL and R-Drop's KL are averaged over
 exactly the same tokens (v1 forgot the shift for its KL mask; we do not).
 
-* :func:`hybrid_loss` — NoiseFiT (card, section 5)::
+* :func:`hybrid_loss` — NoiseFiT (docs/methods/noisefit.md)::
 
       teacher = softmax(clean / T)        (detached by default; v1 lets gradient flow into it)
       soft    = mean_k KL(teacher || softmax(noisy_k))
@@ -13,7 +13,7 @@ exactly the same tokens (v1 forgot the shift for its KL mask; we do not).
       total   = w_ce * CE(clean) + w_soft * soft + w_cons * cons
 
   with ``(w_ce, w_soft, w_cons) = (alpha, 1 - alpha, lambda)`` for full NoiseFiT; the ablations
-  set other weights (``trustlab.noisefit.variants.loss_weights``). As in v1, ``T`` softens the
+  set other weights (``trustlab.noisefit.objectives.loss_weights``). As in v1, ``T`` softens the
   teacher only (the students are plain softmaxes), and there is no T**2 factor; T = 1 default.
 * :func:`rdrop_loss` — mean CE of two dropout passes + ``weight`` * symmetric KL.
 * :class:`NEFTune` — uniform noise on the input embeddings (training mode only).

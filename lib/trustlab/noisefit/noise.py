@@ -1,4 +1,4 @@
-"""NoiseFiT's adaptive noise function (method card, section 3).
+"""NoiseFiT's adaptive noise function.
 
 For a hidden state ``h`` (B, T, C), per token (statistics over the hidden dimension C)::
 

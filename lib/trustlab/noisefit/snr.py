@@ -1,4 +1,4 @@
-"""Per-layer signal-to-noise ratio and layer selection (method card, sections 1-2).
+"""Per-layer signal-to-noise ratio and layer selection.
 
 Computed once before fine-tuning, in eval mode with no gradient, on one training batch:
 
@@ -9,7 +9,7 @@ Computed once before fine-tuning, in eval mode with no gradient, on one training
   convention, as in v1);
 * ``snr_l = signal_l / (noise_l + 1e-6)``.
 
-The card's caveat applies: this SNR measures each layer's noise on its own clean hidden state,
+A caveat applies: this SNR measures each layer's noise on its own clean hidden state,
 not noise propagated through the network.
 """
 

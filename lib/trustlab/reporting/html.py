@@ -56,41 +56,48 @@ def render_html(notebook_path: str | os.PathLike, html_path: str | os.PathLike, 
     )
     resources = {"metadata": {"name": title or Path(notebook_path).stem}}
     body, _ = exporter.from_notebook_node(nb, resources=resources)
-    return atomic_write_text(html_path, strip_remote_assets(body))
+    return atomic_write_text(html_path, scroll_wide_outputs(strip_remote_assets(body)))
 
 
-SUMMARY_STYLE = (
-    "body{font-family:sans-serif;max-width:1200px;margin:auto}table{border-collapse:collapse;"
-    "font-size:12px}td,th{border:1px solid #ccc;padding:2px 6px}img{max-width:100%}"
+# A wide DataFrame scrolls inside its output box instead of widening (or being cut off by) the page.
+WIDE_OUTPUT_STYLE = (
+    "<style>.jp-OutputArea-output.jp-RenderedHTMLCommon{overflow-x:auto;max-width:100%}"
+    ".jp-OutputArea-output table{max-width:none}</style>"
 )
 
 
+def scroll_wide_outputs(html: str) -> str:
+    """Add :data:`WIDE_OUTPUT_STYLE` to the head of a rendered notebook."""
+    return html.replace("</head>", WIDE_OUTPUT_STYLE + "\n</head>", 1)
+
+
 def write_summary_html(path: str | os.PathLike, title: str, sections) -> Path:
-    """A self-contained HTML page (nothing loaded from the network), written atomically: one
-    ``<h2>`` per ``(heading, body)`` of ``sections``, whose body is a DataFrame (a table), a
-    matplotlib figure or a PNG path (embedded as base64; a missing file is skipped) or text
-    (escaped, one paragraph per line). The families log it to their W&B summary runs."""
-    import base64
-    import html
+    """A self-contained HTML page (nothing loaded from the network), written atomically from
+    ``templates/summary.html.j2``: one ``<h2>`` per ``(heading, body)`` of ``sections``, whose
+    body is a DataFrame (a table that scrolls sideways when wide), a matplotlib figure or a
+    PNG path (embedded as base64; a missing file is skipped) or text (escaped, one paragraph
+    per line). The families log it to their W&B summary runs."""
     import io as _io
 
-    def img(png: bytes, alt: str) -> str:
-        return f"<img src='data:image/png;base64,{base64.b64encode(png).decode()}' alt='{html.escape(alt)}'>"
+    from markupsafe import Markup
 
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
-             f"<style>{SUMMARY_STYLE}</style></head><body>", f"<h1>{html.escape(title)}</h1>"]  # fmt: skip
+    from trustlab.reporting import templates
+
+    shown = []
     for heading, body in sections:
-        parts.append(f"<h2>{html.escape(heading)}</h2>")
-        if hasattr(body, "to_html"):
-            parts.append(body.to_html(index=False, float_format=lambda x: f"{x:.4g}", na_rep=""))
+        if hasattr(body, "to_html"):  # pandas escapes the cell text
+            table = body.to_html(index=False, float_format=lambda x: f"{x:.4g}", na_rep="")
+            shown.append({"heading": heading, "kind": "table", "html": Markup(table)})
         elif hasattr(body, "savefig"):
             buf = _io.BytesIO()
             body.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-            parts.append(img(buf.getvalue(), heading))
+            shown.append({"heading": heading, "kind": "image", "src": templates.png_data_uri(buf.getvalue())})
         elif isinstance(body, Path):
             if body.exists():
-                parts.append(img(body.read_bytes(), heading))
+                shown.append({"heading": heading, "kind": "image", "src": templates.png_data_uri(body)})
+            else:
+                shown.append({"heading": heading, "kind": "text", "lines": []})
         else:
-            parts += [f"<p>{html.escape(line)}</p>" for line in str(body).splitlines() if line.strip()]
-    parts.append("</body></html>")
-    return atomic_write_text(path, "\n".join(parts))
+            lines = [line for line in str(body).splitlines() if line.strip()]
+            shown.append({"heading": heading, "kind": "text", "lines": lines})
+    return atomic_write_text(path, templates.render("summary.html.j2", title=title, sections=shown))

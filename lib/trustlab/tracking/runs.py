@@ -5,8 +5,14 @@ repository root and can be uploaded later with ``wandb sync`` (``make wandb-sync
 online only when asked (``tracking.mode: online`` in params or ``TRUSTLAB_WANDB_MODE=online``,
 plus an API key; the environment wins over params). Tests use ``disabled``.
 
-Hygiene: no git metadata or code upload, W&B error reporting off, a bounded init timeout,
-no system-metrics sampling. If W&B cannot start, the run warns once, keeps going and writes
+Hygiene: no git metadata or code upload, W&B error reporting off, a short init timeout
+(``tracking.init_timeout_s``), no system-metrics sampling.
+
+**Online degrades, never stalls.** The first failure to reach W&B online (no API key, no
+network, a timeout) switches this process to offline mode with one warning and leaves a
+marker (``wandb/.online-unreachable``) that keeps the stages after it offline for
+``FALLBACK_TTL_S``: their runs are still written under ``wandb/`` for a later ``wandb sync``,
+and no stage waits on an unreachable server more than once. If W&B cannot start, the run warns once, keeps going and writes
 what it was given to ``wandb/local/<group>/<name>.json``; the stage's own
 ``reports/<stage>/metrics.json`` is written by :func:`write_metrics` regardless of W&B.
 """
@@ -31,10 +37,13 @@ from trustlab.core.provenance import git_commit, git_dirty
 PROJECT = "trustlab"
 MODES = ("offline", "online", "disabled")
 MODE_ENV = "TRUSTLAB_WANDB_MODE"
-INIT_TIMEOUT_S = 60
+INIT_TIMEOUT_ENV = "TRUSTLAB_WANDB_INIT_TIMEOUT"
+FALLBACK_TTL_S = 3600
+FALLBACK_MARKER = ".online-unreachable"
 
 log = logging.getLogger(__name__)
 _warned = False
+_online_failed = False  # this process already failed to reach W&B online
 
 
 def tracking_params() -> dict[str, Any]:
@@ -212,6 +221,55 @@ class Run:
             )
 
 
+def init_timeout_s() -> float:
+    env = os.environ.get(INIT_TIMEOUT_ENV)
+    if env:
+        try:
+            return float(env)
+        except ValueError:
+            raise ValueError(f"{INIT_TIMEOUT_ENV} = {env!r} is not a number of seconds") from None
+    return float(tracking_params().get("init_timeout_s", 15.0))
+
+
+def _has_api_key() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    import netrc
+    from urllib.parse import urlparse
+
+    host = urlparse(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai").hostname
+    try:
+        return netrc.netrc().authenticators(host) is not None
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
+
+
+def _marker() -> Path:
+    return wandb_dir() / "wandb" / FALLBACK_MARKER
+
+
+def online_fallback_active() -> bool:
+    """True when this process, or a stage before it within ``FALLBACK_TTL_S``, failed to reach W&B online."""
+    if _online_failed:
+        return True
+    import time
+
+    m = _marker()
+    return m.exists() and time.time() - m.stat().st_mtime < FALLBACK_TTL_S
+
+
+def _fall_back_offline(reason: str) -> None:
+    global _online_failed
+    _online_failed = True
+    try:
+        _marker().parent.mkdir(parents=True, exist_ok=True)
+        _marker().write_text(reason + "\n")
+    except OSError:
+        pass
+    _warn_once(f"W&B online is unreachable ({reason}); this run and the later ones go offline into "
+               f"{wandb_dir() / 'wandb'} (upload them with `wandb sync`; delete {_marker()} to retry online sooner)")
+
+
 def _init_wandb(mode: str, **kwargs: Any) -> Any:
     os.environ.setdefault("WANDB_ERROR_REPORTING", "false")
     os.environ.setdefault("WANDB_SILENT", "true")
@@ -223,7 +281,7 @@ def _init_wandb(mode: str, **kwargs: Any) -> Any:
         disable_git=True,
         save_code=False,
         disable_code=True,
-        init_timeout=INIT_TIMEOUT_S,
+        init_timeout=init_timeout_s() if mode == "online" else 30.0,
         x_disable_stats=True,
         x_disable_machine_info=True,
         console="off",
@@ -250,11 +308,26 @@ def start_run_object(
     config = io.to_jsonable(dict(config or {}))
     tags = run_tags(family, tags)
     wandb_run = None
+    if mode == "online":
+        if online_fallback_active():
+            mode = "offline"
+        elif not _has_api_key():
+            _fall_back_offline("no API key: set WANDB_API_KEY or run `wandb login`")
+            mode = "offline"
     if mode != "disabled":
+        kwargs = dict(group=family, job_type=job_type, name=name, config=config, tags=tags)
         try:
-            wandb_run = _init_wandb(mode, group=family, job_type=job_type, name=name, config=config, tags=tags)
+            wandb_run = _init_wandb(mode, **kwargs)
         except Exception as exc:
-            _warn_once(f"W&B could not start ({exc!r}); the stage goes on and writes its metrics locally")
+            if mode == "online":
+                _fall_back_offline(f"{type(exc).__name__}: {str(exc)[:200]}")
+                mode = "offline"
+                try:
+                    wandb_run = _init_wandb(mode, **kwargs)
+                except Exception as exc2:
+                    _warn_once(f"W&B could not start ({exc2!r}); the stage goes on and writes its metrics locally")
+            else:
+                _warn_once(f"W&B could not start ({exc!r}); the stage goes on and writes its metrics locally")
     return Run(family, job_type, name, config, wandb_run, mode)
 
 

@@ -30,7 +30,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from trustlab.reporting.frontpage import STAGES, StageReport, collect_stages, fmt_effect, gather_claims
+from trustlab.core.claims import RULE, VERDICTS, count_verdicts
+from trustlab.reporting.frontpage import StageReport, collect_stages, fmt_effect, fmt_p, gather_claims
 from trustlab.tracking.runs import PROJECT, image_key
 
 TITLE = "trustlab: claims and headline results"
@@ -41,21 +42,17 @@ def _md_cell(text: Any) -> str:
 
 
 def claims_markdown(claims: Sequence[Mapping[str, Any]]) -> str:
-    """The claims as a markdown table (family, claim, source, metric, effect [95% CI], seeds, verdict)."""
+    """The claims as a markdown table (family, claim, source, metric, unit, n, effect [95% CI],
+    test, p, MDE, power, verdict)."""
     lines = [
-        "| family | claim | source paper | metric | effect [95% CI] | seeds | verdict |",
-        "|---|---|---|---|---|---|---|",
+        "| family | claim | source paper | metric | unit | n | effect [95% CI] | test | p | MDE | power | verdict |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in claims:
-        seeds = "n/a" if r.get("n_seeds") is None else r["n_seeds"]
-        lines.append(
-            "| "
-            + " | ".join(
-                _md_cell(c)
-                for c in (r["family"], r["claim"], r["paper"], r["metric"], fmt_effect(r), seeds, f"**{r['verdict']}**")
-            )
-            + " |"
-        )
+        mde = "n/a" if r.get("mde") is None else f"{r['mde']:.3g}"
+        cells = (r["family"], r["claim"], r["paper"], r["metric"], r["unit"], r["n"], fmt_effect(r), r["test"],
+                 fmt_p(r.get("p_value")), mde, r["power"], f"**{r['verdict']}**")  # fmt: skip
+        lines.append("| " + " | ".join(_md_cell(c) for c in cells) + " |")
     return "\n".join(lines)
 
 
@@ -86,14 +83,14 @@ def report_spec(
     (``runset``: ``{"name", "filters"}``; ``panels``: ``{"kind": "summary_table", "table"}`` or
     ``{"kind": "media", "keys", "title"}``).
     """
-    counts = {v: sum(1 for r in claims if r["verdict"] == v) for v in ("supported", "not supported", "inconclusive")}
+    counts = count_verdicts(claims)
     blocks: list[dict[str, Any]] = [
         {"kind": "h1", "text": "Claims"},
         {
             "kind": "p",
-            "text": f"{len(claims)} claims: "
-            + ", ".join(f"{n} {v}" for v, n in counts.items())
-            + ". Effect = method − baseline, paired by seed, with a Student-t 95% CI over seeds.",
+            "text": f"{sum(counts.values())} claims: "
+            + ", ".join(f"{counts[v]} {v}" for v in VERDICTS)
+            + f". Effect = method − baseline with its 95% CI. {RULE}",
         },
         {"kind": "markdown", "text": claims_markdown(claims) if claims else "_no claims yet_"},
         {
@@ -180,8 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dry-run", action="store_true", help="print the report spec as JSON and save nothing")
     args = parser.parse_args(argv)
 
-    stages = collect_stages(args.reports_dir, STAGES)
-    claims, _ = gather_claims(stages)
+    stages = collect_stages(args.reports_dir)
+    claims = gather_claims(stages, args.reports_dir)
     spec = report_spec(claims, stages)
     if args.dry_run:
         print(json.dumps(spec, indent=2, ensure_ascii=False))

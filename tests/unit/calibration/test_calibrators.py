@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from trustlab.calibration import data as D
-from trustlab.calibration.calibrators import CACalibrator, TemperatureScaling, ca_features, ca_loss
+from trustlab.calibration.calibrators import CALIBRATORS, CACalibrator, TemperatureScaling, ca_features, ca_loss
 from trustlab.calibration.config import CalibrationConfig
 from trustlab.core.config import ConfigError
 
@@ -74,7 +74,7 @@ def _ca_inputs(n=200, seed=0):
 
 def test_ca_never_changes_predictions_and_bounds_t():
     z, views, y = _ca_inputs()
-    ca = CACalibrator(lr=0.05, epochs=10, seed=0).fit(z, views, y)
+    ca = CACalibrator(lr=0.05, epochs=10, seed=0).fit(z, y, views)
     zc = ca(z, views)
     assert torch.equal(zc.argmax(-1), z.argmax(-1))
     t = ca.temperatures(z, views)
@@ -94,12 +94,38 @@ def test_ca_starts_at_identity_fits_and_is_deterministic():
     fresh = CACalibrator(seed=3)
     assert torch.allclose(fresh.temperatures(z, views), torch.ones(200))
     assert torch.allclose(CACalibrator(init_temperature=2.5).temperatures(z, views), torch.full((200,), 2.5))
-    a = CACalibrator(lr=1e-2, epochs=15, seed=3).fit(z, views, y)
-    b = CACalibrator(lr=1e-2, epochs=15, seed=3).fit(z, views, y)
+    a = CACalibrator(lr=1e-2, epochs=15, seed=3).fit(z, y, views)
+    b = CACalibrator(lr=1e-2, epochs=15, seed=3).fit(z, y, views)
     assert a.history[-1] < a.history[0]
     assert torch.equal(a(z, views), b(z, views))
     with pytest.raises(ValueError, match="3 transformed views"):
         a(z, views[:2])
+    with pytest.raises(ValueError, match="pass views="):
+        CACalibrator().fit(z, y)
+
+
+def test_ca_init_from_ts_starts_at_the_clamped_ts_temperature():
+    z, views, y = _ca_inputs(seed=2)
+    t_ts = TemperatureScaling(max_iter=50).fit(z, y).temperature
+    ca = CACalibrator(epochs=0, init_from_ts=True, ts_max_iter=50).fit(z, y, views)
+    assert ca.mean_temperature(z, views) == pytest.approx(t_ts, rel=1e-6)
+    low = CACalibrator(epochs=0, init_from_ts=True, t_max=t_ts / 2).fit(z, y, views)
+    assert low.mean_temperature(z, views) == pytest.approx(t_ts / 2, rel=1e-6)
+
+
+def test_calibrator_registry_builds_from_the_config():
+    assert CALIBRATORS.names() == ["ts", "ca"]
+    assert "Guo et al. 2017" in CALIBRATORS.describe()["ts"] and "z / T(f)" in CALIBRATORS.describe()["ca"]
+    cfg = CalibrationConfig.from_dict({"ts_max_iter": 7, "ca": {"top_k": 3, "init": "one", "epochs": 4}})
+    ts = CALIBRATORS.get("ts").from_config(cfg, seed=1)
+    ca = CALIBRATORS.get("ca").from_config(cfg, seed=5)
+    assert ts.max_iter == 7 and not ts.needs_views
+    assert (ca.top_k, ca.epochs, ca.seed, ca.init_from_ts, ca.needs_views) == (3, 4, 5, False, True)
+    z, views, y = _ca_inputs(seed=4)
+    ts.fit(z, y)
+    assert ts.mean_temperature(z) == ts.temperature and torch.equal(ts(z, None), ts(z))
+    with pytest.raises(ConfigError, match="calibration.calibrators.*'platt'"):
+        CalibrationConfig.from_dict({"calibrators": ["ts", "platt"]})
 
 
 # -- data ---------------------------------------------------------------------------------------
@@ -171,6 +197,9 @@ def test_annotators_and_soft_labels():
     assert (mv == y).mean() > 0.8 and (agg.argmax(1) == y).mean() > 0.8
     counts = D.vote_counts(crowd.labels, 4)
     assert (counts[np.arange(200), mv] == counts.max(1)).all()
+    assert D.SOFT_METHODS == ("vote", "dawid_skene", "accuracy_weighted", "softmax")  # registry order
+    with pytest.raises(ConfigError, match="unknown soft-label method 'votes'.*did you mean 'vote'"):
+        D.soft_labels(crowd.labels, 4, "votes")
 
 
 def test_ca_views():
@@ -218,7 +247,7 @@ TINY = {
 
 
 def _run(cfg, loss, seed):
-    from trustlab.calibration.experiment import evaluate_model, prepare_seed, train_one
+    from trustlab.calibration.run import evaluate_model, prepare_seed, train_one
 
     data = prepare_seed(cfg, seed)
     res = train_one(cfg, loss, seed, data.split.x_train, data.split.y_train)

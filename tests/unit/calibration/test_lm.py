@@ -271,8 +271,14 @@ def test_run_lm_calibration_tables_and_determinism(tiny):
     assert len(res.temperatures) == 4
     again = L.run_lm_calibration(ans, **kw)
     assert t.equals(again.table)
-    claim = L.lm_claim(res, "correctness")
-    assert claim.n_seeds == 2 and claim.metric == "lm_ece"
+    # the claim pairs the pooled rows of each split seed: ts_correctness minus raw
+    from trustlab.calibration.claims import comparisons, claim_row
+
+    lm_claim = next(c for c in comparisons() if c.spec.id == "lm_ts_correctness_ece")
+    row = claim_row(lm_claim, t)
+    pooled = t[t["pool"] == "all"].pivot(index="seed", columns="method", values="ece")
+    assert row["n"] == 2 and row["metric"] == "lm_ece"
+    assert row["effect"] == pytest.approx(float((pooled["ts_correctness"] - pooled["raw"]).mean()))
 
 
 def test_lm_config_validation():

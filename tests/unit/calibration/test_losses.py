@@ -271,6 +271,43 @@ def test_anyloss_hand_computed():
 # -- gradients ---------------------------------------------------------------------------------
 
 
+def _focal_reference(z: torch.Tensor, y: torch.Tensor, gamma) -> torch.Tensor:
+    """Focal loss in float64 with ``log(1 - p_y) = logsumexp_{k != y} z_k - logsumexp_k z_k``,
+    so ``(1 - p_y)^gamma`` never rounds to 0^gamma."""
+    z = z.double()
+    logp = torch.log_softmax(z, -1).gather(1, y.view(-1, 1)).squeeze(1)
+    others = z.scatter(1, y.view(-1, 1), float("-inf"))
+    log_1mp = torch.logsumexp(others, -1) - torch.logsumexp(z, -1)
+    gamma = torch.as_tensor(gamma, dtype=torch.float64)
+    return (-torch.exp(gamma * log_1mp) * logp).mean()
+
+
+@pytest.mark.parametrize("name, hp", [("focal", {"gamma": 0.5}), ("focal", {"gamma": 0.2}),
+                                      ("flsd53", {"gamma_low_p": 0.5, "gamma_high_p": 0.5})])
+def test_focal_gradient_is_finite_for_gamma_below_one_on_a_confident_sample(name, hp):
+    # logits [40, 0, 0] with label 0: 1 - p_y rounds to 0 in float32 and float64; the plain formula's
+    # derivative gamma (1 - p_y)^(gamma - 1) is then infinite and the batch gradient NaN
+    z = torch.tensor([[40.0, 0.0, 0.0], [1.0, 0.5, 0.0], [0.2, 2.0, -1.0]], requires_grad=True)
+    y = torch.tensor([0, 1, 0])
+    loss = build_loss(name, **hp)
+    out = loss(z, y)
+    (g,) = torch.autograd.grad(out, z)
+    assert torch.isfinite(out) and torch.isfinite(g).all()
+    z64 = z.detach().double().requires_grad_(True)
+    gamma = loss.gammas(z64, y) if name == "flsd53" else hp["gamma"]
+    ref = _focal_reference(z64, y, gamma)
+    (g_ref,) = torch.autograd.grad(ref, z64)
+    assert float(out.detach()) == pytest.approx(float(ref.detach()), rel=1e-6)
+    assert torch.allclose(g.double(), g_ref, rtol=1e-5, atol=1e-7)
+    assert float(g[0].abs().max()) < 1e-7  # the saturated sample contributes (almost) nothing
+
+
+def test_focal_weight_matches_the_plain_formula_away_from_saturation():
+    logp = torch.log(torch.tensor([0.1, 0.5, 0.9, 0.999], dtype=torch.float64))
+    for gamma in (0.0, 0.5, 3.0):
+        assert torch.equal(L.focal_weight(logp, gamma), (1 - logp.exp()) ** gamma)
+
+
 @pytest.mark.parametrize("name", loss_names("multiclass"))
 def test_every_multiclass_loss_has_finite_nonzero_gradient(name):
     torch.manual_seed(0)
@@ -305,9 +342,26 @@ def test_unknown_loss_names_allowed():
     with pytest.raises(ConfigError) as e:
         build_loss("focall")
     msg = str(e.value)
-    assert "'focall'" in msg
+    assert "'focall'" in msg and "did you mean 'focal'" in msg
+    registered = msg.split("registered: ")[1].split(", ")
+    assert registered == L.LOSSES.names()
     for name in ("ce", "focal", "gce", "aldr_kl", "anyloss_f1"):
-        assert repr(name) in msg
+        assert name in registered
+
+
+def test_registry_names_formulas_and_defaults():
+    assert loss_names("multiclass") == ["ce", "label_smoothing", "focal", "flsd53", "brier", "mmce", "comp_sum",
+                                        "gce", "mae", "ldr_kl", "aldr_kl", "bias", "zloss", "soft_kl"]
+    assert loss_names("binary") == ["bce", "anyloss_f1", "anyloss_fbeta", "anyloss_bacc", "anyloss_gmean"]
+    formulas = L.LOSSES.describe()
+    assert "-(1 - p_y)^gamma * log p_y" in formulas["focal"]
+    assert "(1 - p_y^q) / q" in formulas["gce"]
+    assert L.loss_defaults("flsd53") == {"gamma_low_p": 5.0, "gamma_high_p": 3.0, "threshold": 0.2}
+    assert L.loss_defaults("anyloss_fbeta") == {"L": 73.0, "beta": 2.0}
+    assert L.loss_defaults("aldr_kl") == {"lambda0": 10.0, "alpha": 2.0, "margin": 0.1}  # n_samples is not tunable
+    fb = build_loss("anyloss_fbeta")
+    assert (fb.metric, fb.beta, fb.L, fb.name) == ("fbeta", 2.0, 73.0, "anyloss_fbeta")
+    assert fb.hparams == {"L": 73.0, "beta": 2.0}
 
 
 @pytest.mark.parametrize(
@@ -335,10 +389,14 @@ def test_out_of_range_hyperparameters(name, hp, allowed):
 
 
 def test_unknown_hyperparameter_and_types():
-    with pytest.raises(ConfigError, match="allowed: gamma"):
+    with pytest.raises(ConfigError, match="'focal' has no parameter 'q'.*allowed: gamma"):
         build_loss("focal", q=0.5)
-    with pytest.raises(ConfigError, match="no hyperparameters"):
+    with pytest.raises(ConfigError, match="'ce' has no parameter 'gamma'.*allowed: none"):
         build_loss("ce", gamma=1.0)
+    with pytest.raises(ConfigError, match="has no parameter 'n_samples'"):  # set by the trainer, not a params file
+        validate_loss("aldr_kl", {"n_samples": 3})
+    with pytest.raises(ConfigError, match="has no parameter 'normalize'"):
+        validate_loss("ldr_kl", {"normalize": False})
     with pytest.raises(ConfigError, match="finite number"):
         validate_loss("gce", {"q": "0.5"})
     with pytest.raises(ConfigError, match="n_samples"):

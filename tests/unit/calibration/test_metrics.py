@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.classification import MulticlassCalibrationError
 
+from trustlab.calibration import figures as FG
 from trustlab.calibration import metrics as M
 
 
@@ -51,7 +52,7 @@ def test_ece_puts_confidence_one_into_the_last_bin():
     assert int(M.bin_indices(torch.tensor([1.0]))[0]) == 14
     b = M.calibration_bins(p, y)
     assert b["count"][14] == 3 and b["count"].sum() == 4
-    # torchmetrics' hidden 16th bin (issue #3510) would give 2/4 * 0.5 + 1/4 * 0.04 + 1/4 * 0.5 instead
+    # torchmetrics' hidden 16th bin would give 2/4 * 0.5 + 1/4 * 0.04 + 1/4 * 0.5 instead
     assert want != pytest.approx(2 / 4 * 0.5 + 1 / 4 * 0.04 + 1 / 4 * 0.5)
 
 
@@ -142,14 +143,66 @@ def test_binary_metrics_hand_computed():
     assert m["gmean"] == pytest.approx(math.sqrt(2 / 3 * 1 / 2))
 
 
+def test_binary_metrics_use_one_decision_rule_at_logit_zero():
+    # a logit of exactly 0 (sigmoid 0.5) predicts class 1 for every metric; with a second item
+    # in the same bin the old two-class ECE (argmax ties -> class 0) disagreed with the accuracy
+    z = torch.tensor([0.0, 0.08], dtype=torch.float64)
+    y = torch.tensor([1, 1])
+    m = M.binary_metrics(z, y)
+    assert m["acc"] == 1.0 and m["recall"] == 1.0 and m["f1"] == 1.0
+    conf = torch.sigmoid(z)  # both predicted 1, both right
+    assert M.bin_indices(conf).tolist() == [7, 7]
+    assert m["ece"] == pytest.approx(1.0 - float(conf.mean()), abs=1e-12)
+    assert m["ece"] == pytest.approx(M.confidence_ece(conf, torch.ones(2)), abs=1e-12)
+    # a label-0 item at logit 0 is an error, for accuracy and ECE alike
+    m0 = M.binary_metrics(torch.tensor([0.0]), torch.tensor([0]))
+    assert m0["acc"] == 0.0 and m0["ece"] == pytest.approx(0.5)
+
+
+def test_binary_ece_equals_two_class_ece_away_from_ties():
+    g = torch.Generator().manual_seed(7)
+    z = torch.randn(200, generator=g, dtype=torch.float64) * 3
+    y = torch.randint(0, 2, (200,), generator=g)
+    p1 = torch.sigmoid(z)
+    two = torch.stack([1 - p1, p1], -1)
+    assert M.binary_metrics(z, y)["ece"] == pytest.approx(M.ece(two, y), abs=1e-12)
+    assert M.binary_metrics(z, y)["acc"] == pytest.approx(M.accuracy(two, y), abs=1e-12)
+
+
+@pytest.mark.parametrize("fn", [M.ece, M.mce, M.adaptive_ece, M.classwise_ece, M.brier, M.aurc, M.calibration_bins])
+def test_probability_metrics_refuse_logits(fn):
+    g = torch.Generator().manual_seed(8)
+    z = torch.randn(40, 5, generator=g, dtype=torch.float64) * 3
+    y = torch.randint(0, 5, (40,), generator=g)
+    with pytest.raises(ValueError, match=r"probs must be class probabilities: values in \[0, 1\] and each row sum"):
+        fn(z, y)
+    with pytest.raises(ValueError, match="row sum off by"):
+        fn(z.softmax(-1) * 0.9, y)  # in [0, 1] but not normalised
+    with pytest.raises(ValueError, match="finite"):
+        fn(torch.full((2, 3), float("nan")), torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match=r"\(N, K\)"):
+        fn(torch.tensor([0.2, 0.8]), torch.tensor([1]))
+    fn(z.softmax(-1).float(), y)  # float32 softmax rows pass
+
+
+def test_ece_of_logits_used_to_be_silently_above_one():
+    g = torch.Generator().manual_seed(9)
+    z = torch.randn(100, 4, generator=g, dtype=torch.float64) * 4
+    y = torch.randint(0, 4, (100,), generator=g)
+    assert float(z.max()) > 1  # the top "confidence" of raw logits is not a probability
+    with pytest.raises(ValueError, match="Pass softmax\\(logits\\), not logits"):
+        M.ece(z, y)
+    assert 0 <= M.ece(z.softmax(-1), y) <= 1
+
+
 def test_reliability_diagram_returns_figure():
     import matplotlib.pyplot as plt
     from matplotlib.figure import Figure
 
     p, y = random_probs(seed=6)
-    fig = M.reliability_diagram(p, y, title="test")
+    fig = FG.reliability_diagram(p, y, title="test")
     assert isinstance(fig, Figure) and len(fig.axes) == 2
     plt.close(fig)
     fig, ax = plt.subplots()
-    assert M.reliability_diagram(p, y, ax=ax) is fig
+    assert FG.reliability_diagram(p, y, ax=ax) is fig
     plt.close(fig)

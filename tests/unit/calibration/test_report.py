@@ -1,5 +1,6 @@
-"""The notebook's tables, headline numbers and output files (trustlab.calibration.report), on
-small hand-made per-seed tables whose summaries are known."""
+"""The notebook's tables, claims, headline numbers and output files (trustlab.calibration
+tables / claims / figures / report), on small hand-made per-seed tables whose summaries,
+effects, intervals, tests and verdicts are known."""
 
 from __future__ import annotations
 
@@ -9,10 +10,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from trustlab.reporting.html import write_summary_html
+from scipy import stats
+
+from trustlab.calibration import claims as C
+from trustlab.calibration import figures as fg
 from trustlab.calibration import report as rp
-from trustlab.calibration.experiment import MainTables
-from trustlab.core.stats import Claim
+from trustlab.calibration import tables as tb
+from trustlab.calibration.run import MainTables, Results
+from trustlab.core import claims as engine
+from trustlab.reporting.html import write_summary_html
+from trustlab.reporting.outputs import write_outputs
 
 METRICS = ("acc", "nll", "ece", "mce", "ada_ece", "cw_ece", "brier", "aurc")
 
@@ -55,12 +62,98 @@ def _robustness() -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _claim(verdict="inconclusive") -> Claim:
-    return Claim("calibration", "X beats Y", "paper", "id_ece", "decrease", -0.01, -0.03, 0.01, 2, verdict, "note")
+def _results() -> Results:
+    return Results(_main_tables(), _robustness(), pd.DataFrame(), pd.DataFrame(), lm=None, seconds={"main": 2.0})
+
+
+def _claims() -> list[dict]:
+    return C.claim_rows(_results())
+
+
+# -- claims on known tables ----------------------------------------------------------------------
+
+
+def test_tied_seed_differences_use_the_exact_sign_flip_test():
+    # ce + CA minus ce + TS on shifted ECE is 0.01 for both seeds (see _main_tables): no spread,
+    # so the exact sign-flip test decides; with 2 seeds its smallest p is 0.5 -> inconclusive
+    row = {r["id"]: r for r in _claims()}["calibration/ca_vs_ts_shift_ece"]
+    assert row["effect"] == pytest.approx(0.01)
+    assert row["ci_low"] == pytest.approx(0.01) and row["ci_high"] == pytest.approx(0.01)
+    assert row["test"] == engine.TEST_SIGN_FLIP and row["p_value"] == pytest.approx(0.5)
+    assert row["n"] == 2 and row["verdict"] == "inconclusive" and row["range"] == [0.0, 1.0]
+    assert "at least 6 seeds" in row["reason"]
+
+
+def _main_three_seeds(focal_minus_ce=(-0.04, -0.05, -0.06)) -> MainTables:
+    rows = []
+    for seed, d in enumerate(focal_minus_ce):
+        ce = 0.10 + 0.02 * seed
+        rows += [{"loss": "ce", "seed": seed, "variant": "raw", "id_ece": ce, "id_acc": 0.9},
+                 {"loss": "focal", "seed": seed, "variant": "raw", "id_ece": ce + d, "id_acc": 0.9}]
+    return MainTables(pd.DataFrame(rows), pd.DataFrame(), pd.DataFrame())
+
+
+def test_focal_claim_effect_interval_t_test_and_verdict():
+    res = Results(_main_three_seeds(), pd.DataFrame(), pd.DataFrame(), pd.DataFrame())
+    row = {r["id"]: r for r in C.claim_rows(res)}["calibration/focal_vs_ce_id_ece"]
+    # differences -0.04, -0.05, -0.06: mean -0.05, sd 0.01, t = -0.05 / (0.01 / sqrt 3) = -8.66 on 2 df
+    half = stats.t.ppf(0.975, 2) * 0.01 / np.sqrt(3)
+    assert row["effect"] == pytest.approx(-0.05)
+    assert row["ci_low"] == pytest.approx(-0.05 - half) and row["ci_high"] == pytest.approx(-0.05 + half)
+    assert row["test"] == engine.TEST_T
+    assert row["p_value"] == pytest.approx(2 * stats.t.cdf(-0.05 / (0.01 / np.sqrt(3)), 2))
+    assert row["p_value"] == pytest.approx(0.01307, abs=1e-4)
+    assert row["verdict"] == "supported" and row["expected"] == "decrease" and row["n"] == 3
+    # the same differences with the opposite sign: significant against the expected direction
+    worse = Results(_main_three_seeds((0.04, 0.05, 0.06)), pd.DataFrame(), pd.DataFrame(), pd.DataFrame())
+    row = {r["id"]: r for r in C.claim_rows(worse)}["calibration/focal_vs_ce_id_ece"]
+    assert row["effect"] == pytest.approx(0.05) and row["verdict"] == "not supported"
+    # a spread that swamps the mean: inconclusive
+    noisy = Results(_main_three_seeds((-0.05, 0.04, -0.02)), pd.DataFrame(), pd.DataFrame(), pd.DataFrame())
+    row = {r["id"]: r for r in C.claim_rows(noisy)}["calibration/focal_vs_ce_id_ece"]
+    assert row["effect"] == pytest.approx(-0.01) and row["ci_low"] < 0 < row["ci_high"]
+    assert row["verdict"] == "inconclusive" and row["p_value"] > 0.05
+
+
+def test_claims_table_keeps_every_claim_and_passes_the_audit():
+    rows = _claims()
+    assert engine.audit(rows) == []
+    assert [r["id"] for r in rows] == [f"calibration/{s.id}" for s in C.CLAIMS]
+    assert len({r["claim"] for r in rows}) == len(rows)
+    by_id = {r["id"].split("/")[1]: r for r in rows}
+    # robustness: focal and ce were run, aldr_kl was not
+    assert by_id["aldr_kl_vs_ce_acc_uniform_noise_40"]["verdict"] == "not evaluated"
+    assert "'aldr_kl' and 'ce' in calibration.noise.losses" in by_id["aldr_kl_vs_ce_acc_uniform_noise_40"]["reason"]
+    assert by_id["anyloss_f1_vs_bce_f1"]["verdict"] == "not evaluated"
+    assert "calibration.lm.enabled: true" in by_id["lm_ts_gold_nll_ece"]["reason"]
+    assert engine.count_verdicts(rows) == {"supported": 0, "not supported": 0, "inconclusive": 2, "not evaluated": 6}
+    # label-noise claims follow the configured rates
+    ids = [c.spec.id for c in C.comparisons([0.2, 0.4])]
+    assert "aldr_kl_vs_ce_acc_flip_noise_20" in ids and "aldr_kl_vs_ce_acc_flip_noise_40" in ids
+
+
+def test_lm_claim_pairs_split_seeds_on_the_pooled_items():
+    from types import SimpleNamespace
+
+    table = pd.DataFrame([
+        {"seed": s, "pool": pool, "method": m, "ece": e}
+        for s, (raw, ts) in enumerate([(0.30, 0.10), (0.28, 0.12), (0.35, 0.11)])
+        for m, e in (("raw", raw), ("ts_correctness", ts))
+        for pool, e in (("all", e), ("world_qa/qa_train", 0.9))  # per-pool rows must not enter the claim
+    ])  # fmt: skip
+    res = Results(MainTables(pd.DataFrame(), pd.DataFrame(), pd.DataFrame()), pd.DataFrame(), pd.DataFrame(),
+                  pd.DataFrame(), lm=SimpleNamespace(table=table))
+    rows = {r["id"].split("/")[1]: r for r in C.claim_rows(res)}
+    row = rows["lm_ts_correctness_ece"]
+    d = np.array([0.10 - 0.30, 0.12 - 0.28, 0.11 - 0.35])
+    assert row["effect"] == pytest.approx(d.mean()) and row["n"] == 3 and row["test"] == engine.TEST_T
+    assert row["p_value"] == pytest.approx(stats.ttest_rel([0.10, 0.12, 0.11], [0.30, 0.28, 0.35]).pvalue)
+    assert row["verdict"] == "supported" and row["metric"] == "lm_ece"
+    assert rows["lm_ts_gold_nll_ece"]["verdict"] == "not evaluated"
 
 
 def test_main_table_is_mean_pm_std_per_loss_and_variant():
-    t = rp.main_table(_main_tables().main, "id")
+    t = tb.main_table(_main_tables().main, "id")
     assert list(t.columns[:2]) == ["loss", "variant"]
     assert {"Acc", "NLL", "ECE", "AdaECE", "cwECE", "Brier", "AURC", "T"} <= set(t.columns)
     row = t[(t["loss"] == "ce") & (t["variant"] == "raw")].iloc[0]
@@ -70,7 +163,7 @@ def test_main_table_is_mean_pm_std_per_loss_and_variant():
 
 
 def test_severity_frame_has_clean_level_and_means_over_shift_kinds():
-    sev = rp.severity_frame(_main_tables())
+    sev = tb.severity_frame(_main_tables())
     ce_raw = sev[(sev["loss"] == "ce") & (sev["variant"] == "raw")].set_index("severity")
     assert list(ce_raw.index) == [0, 1, 2]
     assert ce_raw.loc[0, "ece"] == pytest.approx(0.105)
@@ -81,15 +174,15 @@ def test_severity_frame_has_clean_level_and_means_over_shift_kinds():
 
 def test_per_shift_table_pivots_shift_kinds():
     ps = _main_tables().per_shift
-    t = rp.per_shift_table(ps, "ece")
+    t = tb.per_shift_table(ps, "ece")
     assert list(t.columns) == ["loss", "variant", "noise", "blur"] and len(t) == 6
-    s = rp.per_shift_summary(ps)
+    s = tb.per_shift_summary(ps)
     r = s[(s["loss"] == "focal") & (s["variant"] == "ts") & (s["shift"] == "blur")].iloc[0]
     assert r["ece_mean"] == pytest.approx(0.02 + 0.15 + 0.01 + 0.005)
 
 
 def test_robustness_table_adds_the_clean_column_from_the_main_table():
-    t = rp.robustness_table(_robustness(), _main_tables().main, "id_acc")
+    t = tb.robustness_table(_robustness(), _main_tables().main, "id_acc")
     assert list(t.columns) == ["loss", "clean", "uniform 40%"]
     assert t.set_index("loss").loc["focal", "uniform 40%"].startswith("0.650 ±")
     assert t.set_index("loss").loc["ce", "clean"].startswith("0.900 ±")
@@ -97,31 +190,42 @@ def test_robustness_table_adds_the_clean_column_from_the_main_table():
 
 def test_headline_names_and_values():
     mt = _main_tables()
-    h = rp.headline({"main": mt, "robustness": _robustness()}, [_claim("supported"), _claim()], stage_seconds=12.34)
+    h = rp.headline(_results(), _claims())
     assert h["ce_id_acc"] == pytest.approx(0.9)
     assert h["ce_id_ece"] == pytest.approx(0.105)
     assert h["ce_ts_id_ece"] == pytest.approx(0.035)
     focal_ca = mt.main.query("loss == 'focal' and variant == 'ca'")
     assert h["focal_ca_shift_ece"] == pytest.approx(focal_ca["shift_ece"].mean())
     assert h["noise_uniform_40_focal_acc"] == pytest.approx(0.65)
-    assert h["claims_supported"] == 1 and h["claims_inconclusive"] == 1 and h["stage_seconds"] == 12.3
+    assert h["claims_supported"] == 0 and h["claims_inconclusive"] == 2 and h["claims_not_evaluated"] == 6
+    assert "stage_seconds" not in h and not any("seconds" in k for k in h)
     assert all(isinstance(v, float) for v in h.values())
 
 
 def test_write_outputs_files(tmp_path):
-    mt = _main_tables()
-    claims = [_claim()]
-    m = rp.write_outputs(tmp_path, {"main": mt, "robustness": _robustness()}, claims, config={"a": 1}, profile="smoke",
-                         stage_seconds=3.0)
+    res = _results()
+    m = write_outputs(tmp_path, rp.stage_outputs(res, _claims(), {"a": 1}), profile="smoke", stage_seconds=3.0)
     on_disk = json.loads((tmp_path / "metrics.json").read_text())
     assert on_disk["headline"] == pytest.approx(m["headline"])
-    assert on_disk["claims"][0]["claim"] == "X beats Y"
+    assert on_disk["claims"][0]["claim"] == "CA calibrator beats temperature scaling on shifted ECE"
     assert {"main", "per_shift", "ece_vs_severity", "robustness"} <= set(on_disk["tables"])
+    assert on_disk["config"] == {"a": 1} and on_disk["lm"] is None and on_disk["run"]["profile"] == "smoke"
+    assert json.loads((tmp_path / "timing.json").read_text())["stage_seconds"] == 3.0
     sev = pd.read_csv(tmp_path / "plots" / "ece_vs_severity.csv")
     assert {"loss", "variant", "severity", "ece", "ece_std"} <= set(sev.columns)
     rel = pd.read_csv(tmp_path / "plots" / "reliability.csv")
     assert {"loss", "variant", "split", "bin", "acc", "conf", "count"} <= set(rel.columns)
-    assert (tmp_path / "plots" / "claims.csv").exists()
+    claims_csv = pd.read_csv(tmp_path / "plots" / "claims.csv")
+    assert list(claims_csv["verdict"]) == [r["verdict"] for r in _claims()]
+
+
+def test_findings_quote_this_runs_numbers():
+    text = rp.findings(_results(), _claims())
+    assert "effect +0.0100 [+0.0100, +0.0100] over 2 seeds" in text
+    assert "*not evaluated*" in text
+    # lowest shifted ECE +TS: focal (0.02 + 0.15 + 0.005 + 0.005 = 0.180)
+    assert "Lowest shifted ECE +TS: focal (0.180)" in text
+    assert "ranges 0.900 (ce) to 0.900" in text
 
 
 def test_reliability_grid_and_severity_plot_build():
@@ -129,9 +233,9 @@ def test_reliability_grid_and_severity_plot_build():
 
     matplotlib.use("Agg")
     mt = _main_tables()
-    fig = rp.plot_reliability_grid(mt.bins, "ce")
+    fig = fg.plot_reliability_grid(mt.bins, "ce")
     assert len([a for a in fig.axes if a.get_visible()]) == 6
-    fig2 = rp.plot_ece_vs_severity(rp.severity_frame(mt))
+    fig2 = fg.plot_ece_vs_severity(tb.severity_frame(mt))
     assert len(fig2.axes) == 3
 
 
@@ -141,11 +245,11 @@ def test_summary_html_embeds_tables_and_figures(tmp_path):
     matplotlib.use("Agg")
     from trustlab.reporting.plotting import save_figure
 
-    png = save_figure(rp.plot_reliability_grid(_main_tables().bins, "ce"), tmp_path / "f.png")
-    out = write_summary_html(tmp_path / "s.html", "t <x>", [("Claims", rp.claims_frame([_claim()])),
+    png = save_figure(fg.plot_reliability_grid(_main_tables().bins, "ce"), tmp_path / "f.png")
+    out = write_summary_html(tmp_path / "s.html", "t <x>", [("Claims", tb.claims_frame(_claims())),
                                                              ("fig", png), ("Notes", "a < b")])
     text = out.read_text()
-    assert "<table" in text and "X beats Y" in text and "data:image/png;base64," in text
+    assert "<table" in text and "CA calibrator beats" in text and "data:image/png;base64," in text
     assert "a &lt; b" in text and "t &lt;x&gt;" in text
 
 
@@ -158,5 +262,5 @@ def test_run_logger_names_runs_without_wandb():
 def test_hparams_table_blanks_missing_parameters():
     from trustlab.calibration.config import CalibrationConfig
 
-    t = rp.hparams_table(CalibrationConfig.from_dict({"losses": ["ce", "focal"]}))
+    t = tb.hparams_table(CalibrationConfig.from_dict({"losses": ["ce", "focal"]}))
     assert t.loc["focal", "gamma"] == 3.0 and t.loc["ce", "gamma"] == ""

@@ -38,7 +38,7 @@ def test_defaults_and_coercion():
 @pytest.mark.parametrize(
     "bad, message",
     [
-        ({"lrr": 1}, "toy: unknown key 'lrr'; allowed keys are gamma, inner, loss, lr, seeds"),
+        ({"lrr": 1}, "toy: unknown key 'lrr' (did you mean 'lr'?); allowed keys are gamma, inner, loss, lr, seeds"),
         ({"lr": 0}, "toy.lr = 0.0 is out of range: allowed 0 < lr"),
         ({"gamma": -1}, "toy.gamma = -1.0 is out of range: allowed 0 <= gamma"),
         ({"loss": "mse"}, "toy.loss = 'mse' is not allowed: choose one of 'ce', 'focal'"),

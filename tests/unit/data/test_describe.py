@@ -11,6 +11,7 @@ from trustlab.data import describe as dr
 from trustlab.data import tasks as T
 from trustlab.data.config import DataConfig
 from trustlab.data.generate import generate_all
+from trustlab.lm.base_model import BaseModelConfig, fit_tokenizer
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -66,7 +67,7 @@ def test_fingerprints_and_tamper_detection(gen_dir, tmp_path):
 
 
 def test_token_stats_known_layout(gen_dir):
-    tok = dr.fit_tokenizer(gen_dir)
+    tok = fit_tokenizer(gen_dir, BaseModelConfig.from_dict({"mix": {"code": 0.0}}))  # the base model's recipe
     stats = dr.token_stats(gen_dir, tok).set_index(["task", "split"])
     assert (stats.unk_share == 0).all()
     rec = T.load_task(gen_dir, "context_copy", "test")

@@ -8,9 +8,10 @@ import re
 import pytest
 import torch
 
-from trustlab.entropy_attention import experiment as ex
+from trustlab.entropy_attention import run, tables
 from trustlab.entropy_attention.config import EntropyAttentionConfig
 from trustlab.entropy_attention.model import build_model
+from trustlab.entropy_attention.results import Results
 from trustlab.entropy_attention.variants import DEFAULT_VARIANTS, VARIANTS, get_variant, variant_names
 from trustlab.core.config import ConfigError, load_section
 
@@ -28,7 +29,7 @@ def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("data")
     generate_code_corpus(CodeCorpusConfig(max_bytes=60000, max_file_bytes=20000, val_fraction=0.3), root / "code", 0)
     cfg = EntropyAttentionConfig.from_dict(TINY)
-    return cfg, ex.load_corpus(cfg, root)
+    return cfg, run.load_corpus(cfg, root)
 
 
 def test_variant_table_maps_names_to_gpt_fields():
@@ -64,7 +65,7 @@ def test_every_variant_builds_and_steps():
 def test_every_variant_trains_a_few_steps(tiny):
     cfg, corpus = tiny
     for name in VARIANTS:
-        r = ex.train_run(cfg, corpus, name, 0, track=False)
+        r = run.train_run(cfg, corpus, name, 0)
         assert r.status == "ok", (name, r.reason)
         assert r.steps == 2 and math.isfinite(r.val_ppl)
         assert len(r.history) == 3  # steps 0, 1, 2
@@ -78,7 +79,7 @@ def test_divergence_is_caught_recorded_and_does_not_crash(tiny):
     cfg, corpus = tiny
     cfg = cfg.replace(steps=6)
     for name in ("SM+LN+G", "SM"):
-        r = ex.train_run(cfg, corpus, name, 0, lr=1e4, track=False)
+        r = run.train_run(cfg, corpus, name, 0, lr=1e4)
         assert r.status == "diverged", (name, r.status, r.curve)
         assert r.diverged_step is not None and r.steps < 6 and r.reason
     # a NaN anywhere in the forward is caught as a non-finite loss
@@ -92,11 +93,11 @@ def test_divergence_is_caught_recorded_and_does_not_crash(tiny):
     assert module.diverged == {"step": 1, "loss": module.diverged["loss"], "reason": "non-finite loss"}
     assert math.isnan(module.diverged["loss"])
     # diverged runs appear in the divergence table and are dropped from the claims' pairs
-    results = ex.Results(config=cfg.to_dict(), runs=[r], sweep=[])
-    assert math.isnan(ex.run_metrics(r, cfg)["early_norm_entropy"]) and ex.heatmap_frame(results).empty
-    summary, runs = ex.divergence_table(results)
+    results = Results(config=cfg.to_dict(), runs=[r], sweep=[])
+    assert math.isnan(tables.run_metrics(r, cfg.to_dict())["early_norm_entropy"]) and tables.heatmap_frame(results).empty
+    summary, runs = tables.divergence_table(results)
     assert int(summary.diverged.sum()) == 1 and len(runs) == 1
-    assert ex.perplexity_table(results).seeds_diverged.tolist() == [1]
+    assert tables.perplexity_table(results).seeds_diverged.tolist() == [1]
 
 
 def test_bad_variant_name_and_gamma_give_clear_errors():

@@ -299,16 +299,20 @@ def test_registry_builds_and_runs_every_detector_on_both_spans(fit_test):
         for span in ("answer", "response"):
             u = E.build_estimator(name, span=span).fit(fit).score(test)
             assert u.shape == (test.n,) and np.isfinite(u).all(), (name, span)
-    assert {r["name"] for r in E.describe_estimators()} == set(E.ESTIMATORS)
-    assert "adaptation" in E.ESTIMATORS["sdm_adaptation"].label
-    assert "adaptation" in E.ESTIMATORS["sdm_adaptation"].__doc__
-    assert "reused as a signal" in E.ESTIMATORS["zero_shot_z"].label
+    assert [r["name"] for r in E.describe_estimators()] == E.DETECTORS.names() == [
+        "msp", "perplexity", "mean_token_entropy", "zero_shot_z", "self_consistency", "rpc", "mahalanobis",
+        "mahalanobis_lee", "linear_probe", "knn", "sdm_adaptation"]  # fmt: skip
+    assert all(E.DETECTORS.get(n).name == n for n in E.DETECTORS)  # the decorator names the class
+    assert "adaptation" in E.DETECTORS.get("sdm_adaptation").label
+    assert "adaptation" in E.DETECTORS.get("sdm_adaptation").__doc__
+    assert "reused as a signal" in E.DETECTORS.get("zero_shot_z").label
+    assert E.layered_detectors() == ["mahalanobis", "mahalanobis_lee", "linear_probe", "knn", "sdm_adaptation"]
 
 
 def test_registry_errors():
-    with pytest.raises(ValueError, match=r"unknown detector 'semantic_entropy'.*'msp'.*'rpc'"):
+    with pytest.raises(ValueError, match=r"unknown detector 'semantic_entropy' .*; registered: msp, .*rpc"):
         E.build_estimator("semantic_entropy")
-    with pytest.raises(ValueError, match=r"unknown parameter 'gamma'.*'prune'"):
+    with pytest.raises(ValueError, match=r"detector 'rpc' has no parameter 'gamma'; allowed: prune"):
         E.build_estimator("rpc", gamma=1)
     with pytest.raises(ValueError, match="span = 'tokens'"):
         E.build_estimator("msp", span="tokens")

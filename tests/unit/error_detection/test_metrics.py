@@ -71,6 +71,29 @@ def test_random_baseline_closed_form_agrees_with_shuffles():
     assert M.prr_random_shuffled(e, n_shuffles=2000, seed=0) == pytest.approx(M.prr_random(e), abs=5e-3)
 
 
+def test_shuffled_random_baseline_is_seeded_like_lm_polygraph():
+    """Reference: lm-polygraph's loop, np.random.seed(seed) then np.random.shuffle of arange(N)
+    once per iteration; ours must give the same value and leave the global state alone."""
+    e, _ = _data(50, seed=7)
+    saved = np.random.get_state()
+    try:
+        np.random.seed(42)
+        scores = np.arange(e.size)
+        ref = []
+        for _ in range(200):
+            np.random.shuffle(scores)
+            ref.append(_lm_polygraph_prr(scores, 1.0 - e))
+        expected = float(np.mean(ref))
+        np.random.seed(123)
+        before = np.random.get_state()[1].copy()
+        got = M.prr_random_shuffled(e, n_shuffles=200)
+        assert np.array_equal(np.random.get_state()[1], before)  # the global stream is not consumed
+    finally:
+        np.random.set_state(saved)
+    assert got == pytest.approx(expected, abs=1e-12)
+    assert got != M.prr_random_shuffled(e, n_shuffles=200, seed=43)
+
+
 def test_prr_ties_mean_is_expectation_over_tie_orders():
     u = np.array([0.0, 1.0, 1.0, 1.0, 2.0, 2.0])
     e = np.array([False, True, False, False, True, False])

@@ -3,6 +3,7 @@ the saved model directory and the CLI."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ from trustlab.data import tasks as T
 from trustlab.data.config import DataConfig
 from trustlab.data.generate import generate_all
 from trustlab.lm import base_model as bm
+from trustlab.lm.base_model import report, tables
 from trustlab.lm.checkpoint import load_pretrained
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -287,6 +289,44 @@ def test_run_stage_saves_a_loadable_model_atomically(gen_dir, tmp_path):
     assert len(bm.load_eval_items(out)) == sum(r["n"] for r in m["eval"])
 
 
+def test_model_directory_holds_no_wall_time_and_reruns_identically(gen_dir, tmp_path):
+    """Wall times, throughput and the machine go to timing.json; the model directory is a
+    function of params and data only, so a rerun writes the same bytes."""
+    cfg = tiny()
+    runs = [bm.run_stage(cfg, gen_dir, tmp_path / f"m{i}", timing_dir=tmp_path / f"r{i}") for i in (0, 1)]
+    files = sorted(p.name for p in (tmp_path / "m0").iterdir())
+    assert files == sorted(p.name for p in (tmp_path / "m1").iterdir())
+    for name in files:
+        assert (tmp_path / "m0" / name).read_bytes() == (tmp_path / "m1" / name).read_bytes(), name
+    headline = bm.load_metrics(tmp_path / "m0")["headline"]
+    assert not {"train_seconds", "stage_seconds", "tokens_per_s"} & set(headline)
+    timing = json.loads((tmp_path / "r0" / "timing.json").read_text())
+    assert timing["stage_seconds"] > 0 and timing["tokens_per_s"] > 0 and "cpu_count" in timing["machine"]
+    assert runs[0].timing == timing
+
+
+def test_report_outputs_keep_times_out_of_the_headline(tmp_path):
+    metrics = {
+        "headline": {"qa_train_accuracy": 0.5, "steps": 4, "train_seconds": 3.0, "stage_seconds": 5.0,
+                     "tokens_per_s": 10.0},
+        "eval": [{"task": "world_qa", "split": "qa_train", "trained": True, "n": 4, "accuracy": 0.5,
+                  "error_rate": 0.5, "ci_low": 0.1, "ci_high": 0.9}],
+        "mix": [{"component": "bios", "copies": 1.0}],
+        "config": {}, "data_fingerprint": "f", "config_digest": "d",
+    }  # fmt: skip
+    summary = tables.summary_frame(metrics)
+    (tmp_path / "base_model").mkdir()
+    (tmp_path / "base_model" / "timing.json").write_text(json.dumps({"stage_seconds": 7.0, "train_seconds": 6.0,
+                                                                     "tokens_per_s": 9.0}))  # fmt: skip
+    timing = report.pretraining_timing(tmp_path / "01_base_model")
+    out = report.stage_outputs(metrics, summary, tables.error_range_table(summary), [], {"n_layer": 1}, timing)
+    assert out.headline["qa_train_accuracy"] == 0.5 and out.headline["splits_in_target_error_range"] == 1
+    assert not {"train_seconds", "stage_seconds", "tokens_per_s"} & set(out.headline)
+    assert out.timing == {"pretraining_seconds": 7.0, "train_seconds": 6.0, "tokens_per_s": 9.0}
+    assert list(out.tables) == ["eval", "error_range", "mix"] and list(out.extra) == ["model"]
+    assert report.pretraining_timing(tmp_path / "elsewhere" / "x") == {}
+
+
 # -- the CLI -----------------------------------------------------------------------------------
 
 
@@ -300,12 +340,15 @@ def test_cli_smoke_profile_and_bad_params(gen_dir, tmp_path):
         "smoke",
         "--data-dir",
         str(data),
+        "--reports-dir",
+        str(tmp_path / "reports"),
         "--out",
         str(out),
     ]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "qa_heldout" in proc.stdout and (out / "model.safetensors").exists()
+    assert (tmp_path / "reports" / "timing.json").exists()
 
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["base_model"] = {"mix": {"qa_heldout": 2}}
@@ -327,8 +370,10 @@ def test_cli_smoke_profile_and_bad_params(gen_dir, tmp_path):
 
 
 def test_smooth_is_a_trailing_moving_average():
-    assert list(bm.smooth([1.0, 3.0, 5.0, 7.0], 2)) == [1.0, 2.0, 4.0, 6.0]
-    assert list(bm.smooth([1.0, 2.0], 1)) == [1.0, 2.0]
+    from trustlab.lm.base_model.figures import smooth
+
+    assert list(smooth([1.0, 3.0, 5.0, 7.0], 2)) == [1.0, 2.0, 4.0, 6.0]
+    assert list(smooth([1.0, 2.0], 1)) == [1.0, 2.0]
 
 
 def _fake_items(gen_dir):
@@ -363,7 +408,7 @@ def _fake_items(gen_dir):
 
 def test_error_breakdown_and_samples(gen_dir):
     items = _fake_items(gen_dir)
-    br = bm.error_breakdown(items, gen_dir)
+    br = tables.error_breakdown(items, gen_dir)
     assert set(br) == {"world_qa", "arithmetic", "context_copy", "instructions", "instructions_failures"}
     for name in ("world_qa", "arithmetic", "context_copy", "instructions"):
         df = br[name]
@@ -377,7 +422,7 @@ def test_error_breakdown_and_samples(gen_dir):
     kinds = br["instructions_failures"].set_index("kind").n
     assert kinds.get("correct", 0) == 3 and kinds.drop("correct", errors="ignore").sum() == 3
 
-    samples = bm.sample_table(items, per_split=1)
+    samples = tables.sample_table(items, per_split=1)
     assert len(samples) == 8  # one correct and one wrong per task/split
     assert samples.groupby(["task", "split"]).correct.sum().tolist() == [1, 1, 1, 1]
 
@@ -394,7 +439,7 @@ def test_error_range_table_marks_the_target_band():
             "error_rate": [0.1, 0.45, 0.9],
         }
     )
-    t = bm.error_range_table(summary)
+    t = tables.error_range_table(summary)
     assert t.in_target_range.tolist() == [False, True, False]
     assert t.note.tolist() == ["too few errors", "in range", "too few correct answers"]
 

@@ -254,10 +254,10 @@ def test_the_families_study_the_model_of_the_model_section(data_dir):
     each loads the transformers model (with LoRA) instead of the tiny checkpoint, and needs no
     tiny checkpoint for it; with the tiny default a missing checkpoint still names its stage."""
     from trustlab.calibration import lm as lmcal
-    from trustlab.error_detection import experiment as dex
+    from trustlab.error_detection import run as dex
     from trustlab.error_detection.config import ErrorDetectionConfig
     from trustlab.lm.model_config import ModelConfig
-    from trustlab.noisefit import experiment as nex
+    from trustlab.noisefit import run as nex
     from trustlab.noisefit.config import NoiseFitConfig
 
     cfg = ModelConfig.from_dict({"backend": "hf", "name_or_path": "hf/llama", "chat_template": "none",

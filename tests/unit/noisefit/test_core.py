@@ -20,7 +20,8 @@ from trustlab.noisefit.hooks import NoiseInjector
 from trustlab.noisefit.losses import NEFTune, hybrid_loss, neftune_magnitude, rdrop_loss, symmetric_kl
 from trustlab.noisefit.noise import adaptive_noise, noise_scale, scale_multiplier
 from trustlab.noisefit.snr import layer_snr, select_layers, snr_from_hidden
-from trustlab.noisefit.variants import VARIANTS, loss_weights
+from trustlab.noisefit.objectives import loss_weights
+from trustlab.noisefit.variants import VARIANTS
 
 V = 40
 
@@ -49,7 +50,7 @@ def batch(B=3, T=9, seed=1):
 
 
 def _expected_scale(h: np.ndarray, base: float, beta: float = 0.1) -> np.ndarray:
-    """The card's formula in plain numpy, one token (row) at a time (odd C: unique median)."""
+    """The paper's formula in plain numpy, one token (row) at a time (odd C: unique median)."""
     var = h.var(axis=-1, ddof=1, keepdims=True)
     factor = np.minimum(np.exp(var / (var.mean() + 1e-6)), 5.0)
     med = np.median(h, axis=-1, keepdims=True)

@@ -12,6 +12,7 @@ from trustlab.lm.tokenizer import WordTokenizer
 from trustlab.lm.training import PairDataset, collate, fit
 from trustlab.noisefit.config import NoiseFitConfig
 from trustlab.noisefit.module import NoiseFitModule, wandb_row
+from trustlab.noisefit.objectives import NoiseFiT
 from trustlab.noisefit.variants import VARIANTS
 
 PAIRS = [(f"what is {a} plus {b} ?", f" {a + b}") for a in range(6) for b in range(6)]
@@ -42,20 +43,20 @@ def test_every_variant_trains_and_logs(tok, data, variant):
     res = fit(module, data, pad_id=tok.pad_id, batch_size=12, max_steps=4, seed=0, threads=1, progress=False)
     assert res.steps == 4 and len(module.step_times) == 4
     row = res.curve[-1]
-    kind = VARIANTS[variant]
+    v = VARIANTS[variant]
     assert "total" in row and row["total"] == pytest.approx(row["loss"])
     keys = set(wandb_row(row))
     assert {"noisefit/total", "noisefit/step_time"} <= keys
-    if kind.is_noisefit and kind.terms != "ce_only":
+    if type(module.objective) is NoiseFiT:  # clean + two noisy passes: every term is logged
         assert {"noisefit/ce", "noisefit/soft", "noisefit/consistency"} <= keys
         assert row["soft"] > 0 and row["consistency"] > 0
     if variant == "rdrop":
         assert row["consistency"] > 0  # the two dropout passes differ
         assert all(m.p == 0.0 for m in model.modules() if isinstance(m, torch.nn.Dropout))  # restored
-    if kind.is_noisefit:
+    if v.selection:
         info = module.selection_info()
         assert len(info["snr"]) == 3 and len(info["selected_layers"]) == 2
-        by_snr = sorted(range(3), key=lambda i: info["snr"][i], reverse=(kind.selection == "largest"))
+        by_snr = sorted(range(3), key=lambda i: info["snr"][i], reverse=(v.selection == "largest"))
         assert sorted(info["selected_layers"]) == sorted(by_snr[:2])
     # after training: no hooks left on the model (exported/evaluated models are plain)
     assert all(len(b._forward_hooks) == 0 for b in decoder_blocks(model))
@@ -75,8 +76,8 @@ def test_largest_and_lowest_pick_complementary_layers(tok, data):
     lo = NoiseFitModule(gpt(tok), "noisefit_lowest", CFG)
     g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
     hi.snr_generator, lo.snr_generator = g(), g()
-    assert set(hi.select_layers(b)) | set(lo.select_layers(b)) <= {0, 1, 2}
-    assert hi.snr == lo.snr and hi.layers != lo.layers
+    assert set(hi.objective.select_layers(hi, b)) | set(lo.objective.select_layers(lo, b)) <= {0, 1, 2}
+    assert hi.objective.snr == lo.objective.snr and hi.objective.layers != lo.objective.layers
 
 
 def test_invalid_k_and_rdrop_without_dropout(tok):
@@ -100,7 +101,7 @@ def test_hf_gpt2_hooks_register_and_loss_decreases(tok, data):
     model = HFCausalLM(transformers.GPT2LMHeadModel(cfg))
     module = NoiseFitModule(model, "noisefit_largest", CFG, pad_id=tok.pad_id)
     b = collate([data[i] for i in range(12)], tok.pad_id)
-    layers = module.select_layers(b)
+    layers = module.objective.select_layers(module, b)
     blocks = decoder_blocks(model)
     assert blocks == list(model.hf.transformer.h)
     assert [len(blk._forward_hooks) for blk in blocks] == [int(i in layers) for i in range(3)]
@@ -118,4 +119,4 @@ def test_hf_gpt2_hooks_register_and_loss_decreases(tok, data):
     # NEFTune on the HF embeddings
     neft = NoiseFitModule(model, "neftune", CFG, pad_id=tok.pad_id)
     fit(neft, data, pad_id=tok.pad_id, batch_size=12, max_steps=2, seed=0, threads=1, progress=False)
-    assert neft.neftune.last_magnitude is not None and not neft.neftune.attached
+    assert neft.objective.neftune.last_magnitude is not None and not neft.objective.neftune.attached

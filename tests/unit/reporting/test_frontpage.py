@@ -1,4 +1,4 @@
-"""The results front page: gathering claims, provenance, missing stages, and the CLI."""
+"""The results front page: gathering claims, loud failures, provenance, missing stages, and the CLI."""
 
 from __future__ import annotations
 
@@ -11,8 +11,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from markupsafe import escape
 
 from _reports_fixtures import claim, make_stage
+from trustlab.core.claims import COLUMNS, RULE
 from trustlab.reporting import frontpage
 from trustlab.reporting.html import remote_references
 
@@ -48,9 +50,9 @@ def reports(tmp_path):
         "calibration",
         figures=("reliability_ce", "ece_vs_severity"),
         claims=[
-            claim("calibration", "supported", -0.0123, -0.02, -0.004, claim="focal loss lowers ECE"),
-            claim("calibration", "not supported", 0.01, 0.002, 0.03, metric="nll", claim="label smoothing lowers NLL"),
-            claim("calibration", "inconclusive", float("nan"), None, None, n=1, metric="brier", note="one seed"),
+            claim("calibration", "supported", claim="focal loss lowers ECE", paper_effect=-0.02),
+            claim("calibration", "not supported", metric="nll", claim="label smoothing lowers NLL"),
+            claim("calibration", "not evaluated", metric="brier", note="one seed"),
         ],
         wall_time_s=61.0,
     )
@@ -62,13 +64,11 @@ def reports(tmp_path):
         claims=[
             claim(
                 "entropy_attention",
-                "supported",
-                0.4,
-                0.1,
-                0.7,
+                "inconclusive",
                 metric="early_overloaded",
                 expected="increase",
                 paper="Jha & Reagen 2025",
+                unit="items",
             )
         ],
         wall_time_s=130.0,
@@ -102,7 +102,7 @@ def test_nothing_run_at_all_renders(tmp_path):
     assert page.claims == [] and all(s.status == "not run" for s in page.stages)
     assert "no claims: no family has been run yet" in page.html_path.read_text()
     assert json.loads(page.claims_json.read_text()) == []
-    assert page.claims_csv.read_text().strip() == ",".join(frontpage.CLAIM_COLUMNS)
+    assert page.claims_csv.read_text().strip() == ",".join(COLUMNS)
 
 
 def test_claims_gathered_in_page_order_and_written_as_json_and_csv(reports, tmp_path):
@@ -110,33 +110,57 @@ def test_claims_gathered_in_page_order_and_written_as_json_and_csv(reports, tmp_
     assert [(r["family"], r["verdict"]) for r in page.claims] == [
         ("calibration", "supported"),
         ("calibration", "not supported"),
-        ("calibration", "inconclusive"),
-        ("entropy_attention", "supported"),
+        ("calibration", "not evaluated"),
+        ("entropy_attention", "inconclusive"),
     ]
     rows = json.loads(page.claims_json.read_text())
-    assert rows == page.claims and list(rows[0]) == list(frontpage.CLAIM_COLUMNS)
+    assert rows == page.claims and all(list(r) == list(COLUMNS) for r in rows)
     assert rows[2]["effect"] is None and rows[2]["ci_low"] is None  # NaN -> null, never "NaN" in JSON
+    assert rows[0]["id"] == "calibration/ece-supported" and rows[3]["unit"] == "items"
     with page.claims_csv.open() as fh:
         csv_rows = list(csv.DictReader(fh))
     assert [r["claim"] for r in csv_rows] == [r["claim"] for r in rows]
-    assert float(csv_rows[0]["effect"]) == -0.0123 and csv_rows[0]["n_seeds"] == "3"
+    assert float(csv_rows[0]["effect"]) == pytest.approx(-0.012) and csv_rows[0]["n"] == "3"
+    assert json.loads(csv_rows[0]["range"]) == [0.0, 1.0] and csv_rows[0]["test"] == "paired t-test"
 
 
 def test_claims_table_cells_verdict_colours_and_sort_keys(reports, tmp_path):
     html = _page(tmp_path).html_path.read_text()
     table = html[html.index('<table id="claims-table" class="sortable">') :]
     table = table[: table.index("</table>")]
-    rows = re.findall(r"<tr>(.*?)</tr>", table[table.index("<tbody>") :], re.S)
+    headers = re.findall(r"<th data-type=\"\w+\">(.*?)</th>", table)
+    assert headers == ["Family", "Claim", "Source paper", "Metric", "Unit", "n", "Effect [95% CI]", "Test", "p",
+                       "MDE", "Paper effect", "Power", "Verdict"]  # fmt: skip
+    rows = re.findall(r"<tr data-family=(.*?)</tr>", table, re.S)
     assert len(rows) == 4
-    first = rows[0]
-    assert "focal loss lowers ECE" in first and "Mukhoti et al. 2020" in first and "<code>ece</code>" in first
-    assert "\u22120.0123 [\u22120.02, \u22120.004]" in first  # effect [95% CI], true minus signs
-    assert 'data-sort="-0.0123"' in first and 'data-sort="3"' in first
-    assert 'class="verdict v-supported" data-sort="0"' in first
+    cells = [re.findall(r"<td[^>]*>(.*?)</td>", r, re.S) for r in rows]
+    first = cells[0]
+    assert "focal loss lowers ECE" in first[1] and first[2] == "Mukhoti et al. 2020" and "<code>ece</code>" in first[3]
+    assert first[4] == "seeds" and first[5] == "3" and first[7] == "paired t-test"
+    assert first[6] == "\u22120.012 [\u22120.017, \u22120.00703]"  # effect [95% CI], true minus signs
+    assert re.match(r"0\.0\d+$", first[8]) and re.match(r"0\.0\d+$", first[9])  # p and MDE
+    assert first[10].startswith("\u22120.02") and "Table 1" in first[10] and first[11] == "powered"
+    assert '"calibration" data-verdict="supported" data-id="calibration/ece-supported"' in rows[0]
+    assert re.search(r'data-sort="-0\.01\d+"', rows[0]) and 'data-sort="3"' in rows[0]
+    assert 'class="verdict v-supported" data-sort="0"' in rows[0]
     assert 'class="verdict v-not" data-sort="1"' in rows[1]
-    assert 'class="verdict v-inconclusive" data-sort="2"' in rows[2] and "n/a [no CI]" in rows[2]
-    # sortable by an inline script, no library
-    assert "table.sortable" in html and "<script src" not in html
+    assert 'class="verdict v-none" data-sort="3"' in rows[2] and "n/a [no CI]" in rows[2]
+    assert "the variant was not run" in rows[2] and cells[2][7] == "none"
+    assert cells[3][4] == "items" and cells[3][7] == "paired bootstrap over items" and cells[3][5] == "400"
+    assert 'class="verdict v-inconclusive" data-sort="2"' in rows[3]
+    # the rule in one sentence, the verdict counts, the filters
+    assert str(escape(RULE)) in html
+    assert "4 claims from 2 of 4 families: 1 supported, 1 not supported, 1 inconclusive, 1 not evaluated" in html
+    assert '<select id="filter-family" data-filter="family" data-table="claims-table">' in html
+    assert '<option value="entropy_attention">' in html and '<option value="not evaluated">' in html
+    # sortable and filterable by an inline script, no library
+    assert "table.sortable" in html and "select[data-filter]" in html and "<script src" not in html
+
+
+def test_reports_table_counts_verdicts_by_claim(reports, tmp_path):
+    html = _page(tmp_path).html_path.read_text()
+    table = html[html.index('id="reports-table"') : html.index("</table>", html.index('id="reports-table"'))]
+    assert "1 of 3 supported" in table and "0 of 1 supported" in table
 
 
 def test_headline_figure_choice_and_embedding(reports, tmp_path):
@@ -158,27 +182,63 @@ def test_page_loads_nothing_remote(reports, tmp_path):
     assert '<a href="https://wandb.ai/me/trustlab">' in html  # a link to click is fine
 
 
-def test_malformed_inputs_are_reported_not_fatal(reports, tmp_path):
+def test_malformed_metrics_fail_naming_the_file(reports, tmp_path):
     (reports / "noisefit").mkdir()
     (reports / "noisefit" / "metrics.json").write_text("{not json")
-    (reports / "error_detection").mkdir()
-    (reports / "error_detection" / "metrics.json").write_text(
-        json.dumps({"claims": [{"metric": "auroc"}, "junk", claim("error_detection", "weird", 1.0, 0.5, 1.5)]})
-    )
-    page = _page(tmp_path)
-    st = {s.name: s for s in page.stages}
-    assert st["noisefit"].status == "bad metrics" and "unreadable" in st["noisefit"].problem
-    assert st["error_detection"].status == "no report"  # metrics but no index.html
-    assert [r["verdict"] for r in page.claims if r["family"] == "error_detection"] == ["weird"]
-    assert len([p for p in page.problems if p.startswith("error_detection")]) == 2
-    html = page.html_path.read_text()
-    assert "Problems found while gathering the reports" in html and "v-unknown" in html
+    with pytest.raises(frontpage.FrontPageError, match=r"noisefit/metrics.json is not valid JSON"):
+        _page(tmp_path)
+    (reports / "noisefit" / "metrics.json").write_text("[1, 2]")
+    with pytest.raises(frontpage.FrontPageError, match=r"noisefit/metrics.json must hold a JSON object"):
+        _page(tmp_path)
+    (reports / "noisefit" / "metrics.json").write_text(json.dumps({"claims": {"a": 1}}))
+    with pytest.raises(frontpage.FrontPageError, match=r"'claims' must be a list"):
+        _page(tmp_path)
+    assert not (reports / "index.html").exists() and not (reports / "claims.json").exists()
+
+
+def test_a_stage_with_outputs_but_no_metrics_fails(reports, tmp_path):
+    (reports / "error_detection" / "figures").mkdir(parents=True)
+    (reports / "error_detection" / "index.html").write_text("<html></html>")
+    with pytest.raises(frontpage.FrontPageError, match=r"error_detection/metrics.json is missing"):
+        _page(tmp_path)
+
+
+def test_rows_that_fail_the_audit_fail_naming_row_and_problem(reports, tmp_path):
+    good = claim("error_detection", "supported", metric="auroc", expected="increase")
+    contradicting = {**good, "id": "error_detection/x", "verdict": "inconclusive"}
+    old_format = {"family": "error_detection", "claim": "old row", "verdict": "supported"}
+    make_stage(reports, "error_detection", claims=[good, contradicting, old_format, "junk"])
+    with pytest.raises(frontpage.FrontPageError) as err:
+        _page(tmp_path)
+    text = str(err.value)
+    assert "error_detection/metrics.json: claims[1] error_detection/x: verdict 'inconclusive' but the rule gives" in text
+    assert "claims[2]" in text and "missing columns id" in text
+    assert "claims[3] is not a claim row but str" in text
+    assert "claims[0]" not in text
+
+
+def test_duplicate_claim_ids_fail(reports, tmp_path):
+    row = claim("error_detection", "supported", metric="auroc", expected="increase")
+    make_stage(reports, "error_detection", claims=[row, row])
+    with pytest.raises(frontpage.FrontPageError, match="error_detection/auroc-supported: duplicate id"):
+        _page(tmp_path)
+
+
+def test_cli_fails_loudly_on_a_bad_stage(reports, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("TRUSTLAB_WANDB_MODE", "disabled")
+    (reports / "noisefit").mkdir()
+    (reports / "noisefit" / "metrics.json").write_text("{not json")
+    rc = render_front_page.main(["--reports-dir", str(reports), "--data-dir", str(tmp_path / "nodata"),
+                                 "--profile", "smoke"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc == 1 and "the front page was not written" in err and "noisefit/metrics.json" in err
+    assert not (reports / "index.html").exists()
 
 
 def test_profile_mismatch_is_flagged(reports, tmp_path):
     make_stage(reports, "noisefit", profile="cpu")
     html = _page(tmp_path).html_path.read_text()
-    assert "noisefit was run with profile &#x27;cpu&#x27;, this page with &#x27;smoke&#x27;" in html
+    assert "noisefit was run with profile &#39;cpu&#39;, this page with &#39;smoke&#39;" in html
 
 
 def test_provenance_lock_params_manifests_versions_and_wall_times(reports, tmp_path):
@@ -205,13 +265,39 @@ def test_provenance_lock_params_manifests_versions_and_wall_times(reports, tmp_p
     assert world["fingerprint"] in html and "generated/world" in html
     for pkg in ("python", "torch", "lightning", "wandb", "dvc", "papermill"):
         assert f"<td>{pkg}</td>" in html
-    assert "CPU count" in html and "git commit" in html and "working tree" in html
+    assert "CPU count" in html and "git commit" in html and "working tree" in html and "CPU model" in html
+    code = html[html.index('id="code-table"') : html.index("</table>", html.index('id="code-table"'))]
+    assert code.index("working tree") < code.index("machine") < code.index("threads")
+    assert "OMP_NUM_THREADS = " in code and "MKL_NUM_THREADS = " in code and "torch = " in code
     assert frontpage.params_digests(_params())["all"] in html
     wall = html[html.index('id="wall-times-table"') :]
     wall = wall[: wall.index("</table>")]
     assert "61.0 s" in wall and "2.2 min" in wall and "3.0 s" in wall and "9.0 s" in wall
     assert "base_model (pretraining)" in wall and "3.6 min" in wall  # the pretraining, from its report
     assert "7.0 min" in wall  # total 61 + 130 + 3 + 9 + 219 = 422 s
+
+
+def test_wall_time_from_timing_json_wins(reports, tmp_path):
+    (reports / "calibration" / "timing.json").write_text(json.dumps({"runner_wall_s": 300.0, "stage_seconds": 250.0}))
+    (reports / "01_base_model").mkdir()
+    (reports / "01_base_model" / "metrics.json").write_text(json.dumps({"run": {"profile": "smoke"}}))
+    (reports / "base_model").mkdir()  # the pretraining stage's timing, not a report
+    (reports / "base_model" / "timing.json").write_text(json.dumps({"stage_seconds": 60.0, "train_seconds": 50.0}))
+    html = _page(tmp_path).html_path.read_text()
+    wall = html[html.index('id="wall-times-table"') : html.index("</table>", html.index('id="wall-times-table"'))]
+    assert "5.0 min" in wall and "61.0 s" not in wall and "base_model (pretraining)" in wall and "60.0 s" in wall
+
+
+def test_machine_provenance_records_cpu_and_threads(monkeypatch):
+    from trustlab.core import provenance
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
+    m = provenance.machine()
+    assert m["cpu_count"] >= 1 and isinstance(m["cpu_model"], str) and m["cpu_model"]
+    assert m["threads"]["OMP_NUM_THREADS"] == "3" and m["threads"]["MKL_NUM_THREADS"] is None
+    text = frontpage.threads_text(m)
+    assert "OMP_NUM_THREADS = 3" in text and "MKL_NUM_THREADS = unset" in text
 
 
 def test_lock_digest_and_params_digest_track_changes(tmp_path):
@@ -265,8 +351,8 @@ def test_number_formatting():
 def test_claims_text_table(reports, tmp_path):
     text = frontpage.claims_as_text(_page(tmp_path).claims)
     lines = text.splitlines()
-    assert lines[0].split() == ["family", "claim", "paper", "metric", "effect", "[95%", "CI]", "seeds", "verdict"]
-    assert "-0.0123 [-0.02, -0.004]" in lines[1] and lines[1].endswith("supported")
+    assert lines[0].split() == ["family", "claim", "unit", "n", "effect", "[95%", "CI]", "p", "verdict"]
+    assert "-0.012 [-0.017, -0.00703]" in lines[1] and lines[1].endswith("supported")
 
 
 def test_rendering_is_deterministic_for_claims_files(reports, tmp_path):

@@ -1,4 +1,4 @@
-"""Offline W&B runs hold what the issue promises: read back the local run files.
+"""Offline W&B runs hold what the stages log: read back the local run files.
 
 Fast tests drive :mod:`trustlab.tracking` with the families' pattern (per-seed runs plus one
 summary run with tables, figures and HTML) and the front-page command; the e2e test reads the
@@ -50,7 +50,7 @@ def test_family_pattern_round_trips_through_offline_files(wandb_tmp):
             ) as run:
                 run.log({"loss": 1.0 / (seed + 1)}, step=0)
                 run.summary({"ece": 0.1 + seed})
-    claims = pd.DataFrame([claim("calibration", "supported", -0.01, -0.02, -0.001)])
+    claims = pd.DataFrame([claim("calibration", "supported")])
     main = pd.DataFrame({"loss": ["ce", "focal"], "ece": [0.08, 0.05]})
     fig, ax = plt.subplots()
     ax.plot([0, 1], [1, 0])
@@ -108,8 +108,8 @@ def test_front_page_is_logged_with_claims_table_and_artifact(wandb_tmp, tmp_path
         reports,
         "calibration",
         claims=[
-            claim("calibration", "supported", -0.01, -0.02, -0.001),
-            claim("calibration", "inconclusive", 0.0, -0.1, 0.1),
+            claim("calibration", "supported"),
+            claim("calibration", "inconclusive"),
         ],
     )
     assert (
@@ -122,7 +122,7 @@ def test_front_page_is_logged_with_claims_table_and_artifact(wandb_tmp, tmp_path
     assert (run["group"], run["job_type"], run["name"]) == ("report", "report", "front-page")
     s = run["summary"]
     assert s["claims_total"] == 2 and s["claims_supported"] == 1 and s["claims_inconclusive"] == 1
-    assert read_table(run["dir"], s, "claims")["columns"][:2] == ["family", "claim"]
+    assert read_table(run["dir"], s, "claims")["columns"][:2] == ["id", "family"]
     assert s["front-page/_type"] == "html-file"
     assert {"name": "report-front-page", "type": "report", "files": ["index.html"]} in run["artifacts"]
     # the page itself tells how to upload the offline runs

@@ -33,7 +33,7 @@ def test_mode_and_entity_come_from_params_yaml(monkeypatch, tmp_path):
     monkeypatch.setenv("TRUSTLAB_ROOT", str(tmp_path))
     (tmp_path / "params.yaml").write_text("profile: cpu\ntracking: {mode: online, entity: my-lab}\n")
     assert tracking.resolve_mode() == "online"
-    assert tracking.tracking_params() == {"mode": "online", "entity": "my-lab"}
+    assert tracking.tracking_params() == {"mode": "online", "entity": "my-lab", "init_timeout_s": 15.0}
     (tmp_path / "params.yaml").write_text("profile: cpu\ntracking: {mode: disabled}\n")
     assert tracking.resolve_mode() == "disabled"
     monkeypatch.setenv("TRUSTLAB_WANDB_MODE", "offline")

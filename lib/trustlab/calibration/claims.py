@@ -1,0 +1,159 @@
+"""The calibration family's claims, as data, and the one function that tests them.
+
+Every claim compares a method with a baseline on one metric, paired by training seed
+(``unit = "seeds"``; :func:`trustlab.core.claims.seed_row`). Each :class:`Comparison` names
+the claim and the rows of the per-seed tables that hold its method and baseline. The
+label-noise claims are one per noise kind and rate (``calibration.noise``). A claim whose
+variant was not run (a loss, calibrator, noise setting or the LM section left out of the
+config) stays in the table as *not evaluated*, with the reason.
+
+No paper effect is attached: the papers report their effects on CIFAR / ImageNet-scale
+models and real crowd labels, which a one-hidden-layer MLP on 8x8 digits does not reproduce
+on the same scale. Method background: docs/methods/calibration.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+from trustlab.calibration.data import NOISE_KINDS
+from trustlab.calibration.lm import OBJECTIVES
+from trustlab.core.claims import ClaimSpec, check_specs, seed_row, unevaluated_row
+
+__all__ = ["CLAIMS", "FAMILY", "PAPERS", "Comparison", "claim_row", "claim_rows", "comparisons"]
+
+FAMILY = "calibration"
+SHARE = (0.0, 1.0)  # ECE, accuracy and F1 are shares
+
+PAPERS = {
+    "ca": "Liu et al. 2024, Optimizing Calibration by Gaining Aware of Prediction Correctness",
+    "ldr": "Zhu et al. 2023, Label Distributionally Robust Losses for Multi-class Classification",
+    "focal": "Mukhoti et al. 2020, Calibrating Deep Neural Networks using Focal Loss",
+    "soft": "Singh et al. 2023, Aggregating Soft Labels from Crowd Annotations Improves Uncertainty "
+    "Estimation Under Distribution Shift",
+    "anyloss": "Han et al. 2024, AnyLoss: Transforming Classification Metrics into Loss Functions",
+    "ts": "Guo et al. 2017, On Calibration of Modern Neural Networks (TS), applied to sequence-probability "
+    "confidence",
+}
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """A claim and where its numbers are: the per-seed ``table`` of ``run.Results``, the
+    ``column`` holding the metric, the rows of the ``method`` and of the ``baseline``, and
+    what the config must include for both to be run (the reason when they were not)."""
+
+    spec: ClaimSpec
+    table: str
+    column: str
+    method: Mapping[str, Any]
+    baseline: Mapping[str, Any]
+    needs: str
+
+
+def _lm_comparison(objective: str) -> Comparison:
+    spec = ClaimSpec(
+        id=f"lm_ts_{objective}_ece",
+        claim=f"Temperature scaling of the token logits ({objective}) improves the LM's answer-level ECE",
+        paper=PAPERS["ts"], metric="lm_ece", method=f"ts_{objective}", baseline="raw", expected="decrease",
+        range=SHARE,
+        note="base LM, greedy answers on the pooled test items; the seeds re-draw the val/test split of the "
+        "same model and items, so the interval reflects split variability only",
+    )  # fmt: skip
+    return Comparison(spec, "lm", "ece", {"pool": "all", "method": f"ts_{objective}"}, {"pool": "all", "method": "raw"},
+                      f"calibration.lm.enabled: true with {objective!r} in calibration.lm.objectives")  # fmt: skip
+
+
+def _label_noise_comparison(kind: str, rate: float) -> Comparison:
+    spec = ClaimSpec(
+        id=f"aldr_kl_vs_ce_acc_{kind}_noise_{round(100 * rate)}",
+        claim=f"ALDR-KL is more robust than CE under {kind} label noise ({rate:g})", paper=PAPERS["ldr"],
+        metric="id_acc", method="aldr_kl (raw)", baseline="ce (raw)", expected="increase", range=SHARE,
+        note="clean test accuracy after training on noisy labels",
+    )  # fmt: skip
+    at = {"noise": kind, "rate": rate, "variant": "raw"}
+    return Comparison(spec, "robustness", "id_acc", {**at, "loss": "aldr_kl"}, {**at, "loss": "ce"},
+                      f"'aldr_kl' and 'ce' in calibration.noise.losses, {kind!r} in calibration.noise.kinds "
+                      f"and {rate:g} in calibration.noise.rates")  # fmt: skip
+
+
+def comparisons(noise_rates: Sequence[float] = (0.4,)) -> tuple[Comparison, ...]:
+    """Every claim of a run whose label-noise table uses ``noise_rates``, in table order."""
+    out = (
+        Comparison(
+            ClaimSpec(id="ca_vs_ts_shift_ece", claim="CA calibrator beats temperature scaling on shifted ECE",
+                      paper=PAPERS["ca"], metric="shift_ece", method="ce + CA", baseline="ce + TS",
+                      expected="decrease", range=SHARE,
+                      note="ce-trained MLP, ECE averaged over all shifts and severities"),
+            "main", "shift_ece", {"loss": "ce", "variant": "ca"}, {"loss": "ce", "variant": "ts"},
+            "'ce' in calibration.losses, 'ts' and 'ca' in calibration.calibrators and at least one shift",
+        ),
+        Comparison(
+            ClaimSpec(id="focal_vs_ce_id_ece", claim="Focal loss improves ECE over cross-entropy",
+                      paper=PAPERS["focal"], metric="id_ece", method="focal (raw)", baseline="ce (raw)",
+                      expected="decrease", range=SHARE, note="in-distribution test set, before temperature scaling"),
+            "main", "id_ece", {"loss": "focal", "variant": "raw"}, {"loss": "ce", "variant": "raw"},
+            "'focal' and 'ce' in calibration.losses",
+        ),
+        *(_label_noise_comparison(kind, rate) for kind in NOISE_KINDS for rate in noise_rates),
+        Comparison(
+            ClaimSpec(id="aggregate_vs_majority_shift_ece",
+                      claim="Aggregated soft labels improve calibration under shift",
+                      paper=PAPERS["soft"], metric="shift_ece", method="soft_kl on aggregate soft labels",
+                      baseline="ce on majority vote", expected="decrease", range=SHARE,
+                      note="soft_kl on the averaged soft labels vs CE on the majority vote"),
+            "soft_labels", "shift_ece", {"labels": "aggregate"}, {"labels": "majority"},
+            "'aggregate' and 'majority' in calibration.annotators.variants and at least one shift",
+        ),
+        Comparison(
+            ClaimSpec(id="anyloss_f1_vs_bce_f1", claim="AnyLoss (F1) improves F1 over BCE", paper=PAPERS["anyloss"],
+                      metric="f1", method="anyloss_f1", baseline="bce", expected="increase", range=SHARE,
+                      note="breast cancer test set"),
+            "anyloss", "f1", {"loss": "anyloss_f1"}, {"loss": "bce"},
+            "'anyloss_f1' and 'bce' in calibration.anyloss.losses",
+        ),
+        *(_lm_comparison(objective) for objective in OBJECTIVES),
+    )  # fmt: skip
+    check_specs(c.spec for c in out)
+    return out
+
+
+# the claims of the default configuration (label noise at rate 0.4)
+CLAIMS: tuple[ClaimSpec, ...] = tuple(c.spec for c in comparisons())
+
+
+def _per_seed(df: pd.DataFrame | None, column: str, select: Mapping[str, Any]) -> dict[int, float]:
+    """``{seed: value}`` of the rows matching ``select``; empty when the table, a column or the rows are missing."""
+    if df is None or df.empty or column not in df.columns or any(k not in df.columns for k in select):
+        return {}
+    rows = df
+    for key, value in select.items():
+        rows = rows[rows[key] == value]
+    return {int(s): float(v) for s, v in zip(rows["seed"], rows[column])}
+
+
+def claim_row(comparison: Comparison, table: pd.DataFrame | None) -> dict[str, Any]:
+    """One row of the claims table: method minus baseline paired by seed, or *not evaluated*."""
+    c = comparison
+    method, baseline = _per_seed(table, c.column, c.method), _per_seed(table, c.column, c.baseline)
+    if not method or not baseline:
+        which = "method" if not method else "baseline"
+        return unevaluated_row(FAMILY, c.spec, f"the {which} was not run in this configuration; it needs {c.needs}")
+    return seed_row(FAMILY, c.spec, method, baseline)
+
+
+def claim_rows(results: Any, noise_rates: Sequence[float] = (0.4,)) -> list[dict[str, Any]]:
+    """The claims table of one run: ``results`` is a :class:`trustlab.calibration.run.Results`
+    (or any object with ``main``, ``robustness``, ``soft_labels``, ``anyloss`` and ``lm``)."""
+    tables = {
+        "main": results.main.main if results.main is not None else None,
+        "robustness": results.robustness,
+        "soft_labels": results.soft_labels,
+        "anyloss": results.anyloss,
+        "lm": results.lm.table if results.lm is not None else None,
+    }
+    return [claim_row(c, tables[c.table]) for c in comparisons(noise_rates)]

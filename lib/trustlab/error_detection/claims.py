@@ -1,0 +1,150 @@
+"""The family's claims, as data, and the one function that turns results into claim rows.
+
+Every claim compares two detectors' test AUROC on ONE model: the effect is method - baseline,
+its interval and p-value come from the paired bootstrap over test responses that every table
+uses (:func:`run.paired_resample_weights`), and the verdict from the claims engine
+(:func:`trustlab.core.claims.item_row`). The interval covers response sampling only, not the
+variation between training runs.
+
+AUROC is ``claims_aggregate``: ``task_mean`` = the mean of the per-task AUROCs over the tasks
+with at least ``claims_min_per_class`` wrong and right test responses (what per-benchmark papers
+report; pooling tasks whose error rates differ lets a detector score by recognising the task),
+falling back to pooled when no task qualifies; ``pooled`` = one AUROC over all test rows. Each
+row's note gives the other aggregate. "The best of a group" is chosen on the fit split's
+out-of-fold AUROC, never on test labels.
+
+Whether F1 at the base rate misleads (ReaLMistake) is not a method-beats-baseline question: it
+is the separate table :func:`trustlab.error_detection.tables.f1_base_rate_check`.
+Background: docs/methods/error_detection.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from trustlab.core.claims import ClaimSpec, check_specs, item_row, unevaluated_row
+from trustlab.error_detection import metrics as M
+from trustlab.error_detection.config import ErrorDetectionConfig
+from trustlab.error_detection.run import (
+    FAMILY,
+    LOGIT,
+    MAHALANOBIS_AND_PROBE,
+    SINGLE_PASS_PROBABILITY,
+    DetectorResult,
+    aggregate_auroc,
+    aggregate_tasks,
+    best_of,
+    paired_resample_weights,
+)
+from trustlab.error_detection.statistics import GenerationStats
+
+CLAIMS: tuple[ClaimSpec, ...] = check_specs((
+    ClaimSpec(
+        id="sampling_beats_single_pass",
+        claim="sampling-based consistency beats single-pass probability",
+        paper="RPC; lm-polygraph",
+        metric="AUROC",
+        method="self_consistency",
+        baseline="the better of msp and perplexity on the fit split",
+        expected="increase", unit="items", range=(0.0, 1.0),
+    ),
+    ClaimSpec(
+        id="rpc_beats_consistency_and_perplexity",
+        claim="RPC beats both self-consistency and perplexity",
+        paper="RPC (perplexity consistency + pruning)",
+        metric="AUROC",
+        method="rpc",
+        baseline="the stronger of self_consistency and perplexity (effect = min of the two differences)",
+        expected="increase", unit="items", range=(0.0, 1.0),
+    ),
+    ClaimSpec(
+        id="hidden_state_beats_logit",
+        claim="hidden-state detectors (Mahalanobis, probe) beat logit-based detectors",
+        paper="Lee et al.; lm-polygraph",
+        metric="AUROC",
+        method="the best of mahalanobis, mahalanobis_lee and linear_probe on the fit split",
+        baseline="the best of msp, perplexity, mean_token_entropy and zero_shot_z on the fit split",
+        expected="increase", unit="items", range=(0.0, 1.0),
+        note="the hidden-state detectors are trained on fit labels, the logit ones are zero-shot",
+    ),
+))  # fmt: skip
+
+
+def claim_rows(
+    cfg: ErrorDetectionConfig, stats: GenerationStats, dets: Mapping[str, DetectorResult], span: str | None = None
+) -> list[dict[str, Any]]:
+    """One claims-engine row per spec in :data:`CLAIMS`, on the test split of ``stats``."""
+    span = span or cfg.spans[0]
+    agg, kmin = cfg.claims_aggregate, cfg.claims_min_per_class
+    test = stats.select(split="test")
+    e = test.labels()
+    W = paired_resample_weights(cfg, test.n)
+    tasks = aggregate_tasks(test, agg, kmin)
+    other = None if tasks is not None else aggregate_tasks(test, "task_mean", kmin)
+    metric = "AUROC (pooled)" if tasks is None else "AUROC (mean over tasks)"
+    scope = (f"pooled over {test.n} test responses" if tasks is None else
+             f"mean over tasks {', '.join(tasks)} (>= {kmin} of each class in test)")  # fmt: skip
+    if agg == "task_mean" and tasks is None:
+        scope += f"; no task has >= {kmin} of each class, so pooled"
+    specs = {s.id: dataclasses.replace(s, metric=metric) for s in CLAIMS}
+
+    def get(name: str) -> DetectorResult | None:
+        d = dets.get(f"{name}@{span}")
+        return d if d is not None and d.ok else None
+
+    def auc(d: DetectorResult) -> tuple[float, np.ndarray]:
+        return aggregate_auroc(d.u_test, e, test.task, tasks, W)
+
+    def alt(d: DetectorResult) -> str:
+        """The other aggregate, for the note."""
+        if tasks is None:
+            return f"{aggregate_auroc(d.u_test, e, test.task, other)[0]:.3f} mean over tasks" if other else "n/a"
+        return f"{M.auroc(e, d.u_test):.3f} pooled"
+
+    def row(spec_id: str, effect: float, replicates: np.ndarray, note: str) -> dict[str, Any]:
+        return item_row(FAMILY, specs[spec_id], effect, replicates, test.n, note=f"{note}; {scope}")
+
+    def missing(spec_id: str, why: str) -> dict[str, Any]:
+        return unevaluated_row(FAMILY, specs[spec_id], why, test.n)
+
+    sc, ppl, rpc = get("self_consistency"), get("perplexity"), get("rpc")
+    single = best_of(stats, dets, SINGLE_PASS_PROBABILITY, span, agg, kmin)
+    hidden = best_of(stats, dets, MAHALANOBIS_AND_PROBE, span, agg, kmin)
+    logit = best_of(stats, dets, LOGIT, span, agg, kmin)
+    if not e.any() or e.all():
+        why = f"the test split has only one class ({int(e.sum())} wrong of {test.n}): AUROC is undefined"
+        return [missing(s.id, why) for s in CLAIMS]
+    no_fit_auroc = "has no fit-split AUROC (it did not run, or the fit split has one class)"
+
+    rows = []
+    if sc is None or single is None:
+        rows.append(missing("sampling_beats_single_pass", f"self_consistency did not run on the {span} span"
+                            if sc is None else f"neither msp nor perplexity {no_fit_auroc}"))  # fmt: skip
+    else:
+        (a, ab), (b, bb) = auc(sc), auc(dets[single])
+        rows.append(row("sampling_beats_single_pass", a - b, ab - bb,
+                        f"self_consistency@{span} {a:.3f} ({alt(sc)}) - {single} {b:.3f} ({alt(dets[single])}; best "
+                        f"of MSP/perplexity on the fit split); K = {stats.K}"))  # fmt: skip
+    if rpc is None or sc is None or ppl is None:
+        absent = [n for n, d in (("rpc", rpc), ("self_consistency", sc), ("perplexity", ppl)) if d is None]
+        rows.append(missing("rpc_beats_consistency_and_perplexity",
+                            f"{', '.join(absent)} did not run on the {span} span"))  # fmt: skip
+    else:
+        (r, rb), (s_, sb), (p, pb) = auc(rpc), auc(sc), auc(ppl)
+        rows.append(row("rpc_beats_consistency_and_perplexity", min(r - s_, r - p), np.minimum(rb - sb, rb - pb),
+                        f"min(RPC - SC, RPC - perplexity): RPC {r:.3f} ({alt(rpc)}), SC {s_:.3f}, "
+                        f"perplexity {p:.3f}"))  # fmt: skip
+    if hidden is None or logit is None:
+        group = "no hidden-state detector (mahalanobis, mahalanobis_lee, linear_probe)" if hidden is None else \
+            "no logit detector (msp, perplexity, mean_token_entropy, zero_shot_z)"
+        rows.append(missing("hidden_state_beats_logit", f"{group} {no_fit_auroc}"))
+    else:
+        (h, hb), (l_, lb) = auc(dets[hidden]), auc(dets[logit])
+        rows.append(row("hidden_state_beats_logit", h - l_, hb - lb,
+                        f"{hidden} {h:.3f} ({alt(dets[hidden])}) - {logit} {l_:.3f} ({alt(dets[logit])}); each the "
+                        f"best of its group on the fit split"))  # fmt: skip
+    return rows

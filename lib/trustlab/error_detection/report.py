@@ -1,0 +1,319 @@
+"""What the stage reports: headline numbers, findings text (every number from this run), the
+:class:`~trustlab.reporting.outputs.StageOutputs` for ``write_outputs`` and the W&B runs.
+
+``metrics.json`` keeps the stage's layout: ``headline``, ``claims`` (claims-engine rows),
+``tables`` (detectors, within_task, error_rates, per_layer, injected, models, claims),
+``stats`` (one summary per model), ``injected_counts``, ``notes``, ``config``, plus the
+separate ``f1_base_rate_check`` table (:func:`tables.f1_base_rate_check`). Wall times (the cost
+table in seconds per 1000 responses, generation and detector times) go to ``timing.json``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from trustlab.core.paths import portable
+from trustlab.core.claims import count_verdicts
+from trustlab.error_detection.config import ErrorDetectionConfig
+from trustlab.error_detection.run import FAMILY, ModelRun, Results
+from trustlab.error_detection.tables import (
+    F1_READINGS,
+    claims_frame,
+    curve_frames,
+    detector_table,
+    error_rate_table,
+    or_reason,
+    top_keys,
+    within_task_table,
+)
+from trustlab.reporting.outputs import StageOutputs
+
+# metrics.json "tables" (and plots/<name>.csv), with what an empty one means
+TABLE_REASONS = {
+    "detectors": "no detector was configured",
+    "within_task": "no detector ran on the primary span",
+    "error_rates": "no prompts",
+    "per_layer": "error_detection.per_layer is empty",
+    "injected": "no injected errors: no correct test response to corrupt, or no detector ran",
+    "models": "no detector ran on the primary span",
+    "claims": "no claims",
+}
+# plot data only (not in metrics.json)
+CURVE_REASONS = {
+    "roc": "no detector ran, or the test split has one class",
+    "pr": "no detector ran, or the test split has one class",
+    "rejection": "the test split is empty",
+}
+TIMING_TABLES = ("cost",)  # seconds per 1000 responses: timing.json only
+
+
+def _f(x: Any) -> float | None:
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return None
+    return v if np.isfinite(v) else None
+
+
+def headline(
+    cfg: ErrorDetectionConfig,
+    base: ModelRun,
+    table: pd.DataFrame,
+    claims: Sequence[Mapping[str, Any]],
+    injected: pd.DataFrame | None,
+    models: pd.DataFrame | None,
+    f1_check: pd.DataFrame | None = None,
+) -> dict[str, Any]:
+    """Flat readable numbers: error rates, each detector's test AUROC/PRR/AUPRC/F1 on the primary
+    span, the F1 baselines, claim verdicts, the F1 base-rate check, injected and part-4 AUROCs.
+    No wall times (those are in :func:`timing`)."""
+    span = cfg.spans[0]
+    h: dict[str, Any] = {}
+    s = base.stats
+    test = s.select(split="test")
+    h["error_rate"] = float(s.labels().mean())
+    h["test_error_rate"] = float(test.labels().mean())
+    for t in sorted(set(s.task.tolist())):
+        h[f"error_rate/{t}"] = float(s.labels()[s.task == t].mean())
+    h["n_prompts"] = s.n
+    h["n_test"] = test.n
+    h["k_samples"] = s.K
+    t = table[(table.task == "all") & (table.span == span) & (table.status == "ok")]
+    for _, r in t.iterrows():
+        for m in ("auroc", "prr", "auprc", "f1"):
+            if m in r and _f(r[m]) is not None:
+                h[f"{r.detector}/{m}"] = _f(r[m])
+    for _, r in within_task_table(table, span, cfg.claims_min_per_class).iterrows():
+        if _f(r.auroc_within_task_mean) is not None:
+            h[f"{r.detector}/auroc_within_task"] = _f(r.auroc_within_task_mean)
+    if len(t) and "always_error_f1" in t:
+        h["always_error_f1"] = _f(t.always_error_f1.iloc[0])
+        h["random_f1"] = _f(t.random_f1.iloc[0])
+    if len(t):
+        best = t.sort_values("auroc", ascending=False).iloc[0]
+        h["best_detector_test"] = f"{best.detector}@{best.span}"
+        h["best_detector_test_auroc"] = _f(best.auroc)
+    for c in claims:
+        h[f"claim/{c['claim'][:48]}"] = c["verdict"]
+    h["claims_supported"] = count_verdicts(claims)["supported"]
+    h["claims_total"] = len(claims)
+    if f1_check is not None and "f1_gain" in f1_check:
+        r = f1_check.iloc[0]
+        h["f1_base_rate_check/f1_gain"] = _f(r.f1_gain)
+        h["f1_base_rate_check/reading"] = r.reading
+    if injected is not None and len(injected):
+        for _, r in injected[injected.span == span].iterrows():
+            h[f"{r.detector}/injected_auroc"] = _f(r.injected_auroc)
+    if models is not None and len(models):
+        for _, r in models.iterrows():
+            if r.model != "base" and _f(r.get("auroc")) is not None:
+                h[f"{r.model}/{r.detector}/auroc"] = _f(r.auroc)
+    return h
+
+
+def timing(cfg: ErrorDetectionConfig, results: Results, cost: pd.DataFrame | None) -> dict[str, Any]:
+    """Wall times for ``timing.json``: each detector's seconds per 1000 responses on the primary
+    span, the base model's generation seconds, the cost table and each model's timings."""
+    span = cfg.spans[0]
+    out: dict[str, Any] = {}
+    if cost is not None and len(cost):
+        for _, r in cost[cost.span == span].iterrows():
+            out[f"{r.detector}/s_per_1k"] = _f(r.total_s_per_1k)
+        out["cost"] = cost.to_dict(orient="records")
+    base = results.base.timing
+    out["generation_s"] = base.get("greedy_s", 0) + base.get("sampling_s", 0)
+    out["models"] = {r.name: dict(r.timing) for r in results.runs}
+    return out
+
+
+def stage_outputs(
+    results: Results,
+    tables: Mapping[str, pd.DataFrame],
+    claims: Sequence[Mapping[str, Any]],
+    f1_check: pd.DataFrame,
+    notes: Mapping[str, Any] | None = None,
+) -> StageOutputs:
+    """Everything ``write_outputs`` writes. ``tables`` holds the notebook's DataFrames by name:
+    those in :data:`TABLE_REASONS` go to ``metrics.json`` and plots, the curves to plots only,
+    the cost table to ``timing.json``; an empty one becomes a row saying why."""
+    cfg, base = results.cfg, results.base
+    unknown = sorted(set(tables) - set(TABLE_REASONS) - set(CURVE_REASONS) - set(TIMING_TABLES))
+    if unknown:
+        raise ValueError(f"stage_outputs: unknown tables {unknown}; known: "
+                         f"{sorted([*TABLE_REASONS, *CURVE_REASONS, *TIMING_TABLES])}")  # fmt: skip
+    kept = {name: or_reason(tables[name], why) for name, why in TABLE_REASONS.items() if name in tables}
+    curves = {name: or_reason(tables[name], why) for name, why in CURVE_REASONS.items() if name in tables}
+    return StageOutputs(
+        stage=FAMILY,
+        headline=headline(cfg, base, tables["detectors"], claims, tables.get("injected"), tables.get("models"),
+                          f1_check),  # fmt: skip
+        tables={"f1_base_rate_check": f1_check},
+        claims=list(claims),
+        plots={**kept, **curves, "f1_base_rate_check": f1_check},
+        extra={
+            "tables": {name: df.to_dict(orient="records") for name, df in kept.items()},
+            "stats": {
+                r.name: {
+                    **r.stats.summary(),
+                    "reused": r.reused,
+                    "settings": r.stats.meta.get("settings"),
+                    "model_sha256": r.stats.meta.get("model_sha256"),
+                    "path": portable(r.path),
+                }
+                for r in results.runs
+            },
+            "injected_counts": base.injected.counts if base.injected else None,
+            "notes": dict(notes or {}),
+            "config": cfg.to_dict(),
+        },
+        timing=timing(cfg, results, tables.get("cost")),
+    )
+
+
+# -- narrative ------------------------------------------------------------------------------------
+
+
+def _claim_line(c: Mapping[str, Any]) -> str:
+    if c["verdict"] == "not evaluated":
+        return f"- Claim *{c['claim']}*: **not evaluated** ({c['reason']})."
+    return (f"- Claim *{c['claim']}*: effect {c['effect']:+.3f} [{c['ci_low']:+.3f}, {c['ci_high']:+.3f}], "
+            f"p = {c['p_value']:.3g} -> **{c['verdict']}**.")  # fmt: skip
+
+
+def findings(
+    cfg: ErrorDetectionConfig,
+    base: ModelRun,
+    table: pd.DataFrame,
+    claims: Sequence[Mapping[str, Any]],
+    err_table: pd.DataFrame,
+    injected: pd.DataFrame | None = None,
+    models: pd.DataFrame | None = None,
+    f1_check: pd.DataFrame | None = None,
+) -> str:
+    """Markdown bullets generated from the results (no hand-written numbers)."""
+    span = cfg.spans[0]
+    lines = []
+    all_row = err_table[(err_table.task == "all")].iloc[0]
+    lo, hi = cfg.expected_error_rate
+    per_task = err_table[(err_table.source == "all") & (err_table.task != "all")]
+    outside = [f"{r.task} {r.error_rate:.0%}" for _, r in per_task.iterrows() if not lo <= r.error_rate <= hi]
+    lines.append(
+        f"- Greedy error rate {all_row.error_rate:.1%} over {int(all_row.n)} prompts; per task: "
+        + ", ".join(f"{r.task} {r.error_rate:.0%}" for _, r in per_task.iterrows())
+        + (f". Outside the target range [{lo:.0%}, {hi:.0%}]: {', '.join(outside)}." if outside else ".")
+    )
+    t = table[(table.task == "all") & (table.span == span) & (table.status == "ok")].sort_values(
+        "auroc", ascending=False
+    )
+    if len(t):
+        top = t.iloc[0]
+        lines.append(
+            f"- Best test AUROC on the {span} span: {top.label} {top.auroc:.3f} "
+            f"[{top.auroc_lo:.3f}, {top.auroc_hi:.3f}]; worst: {t.iloc[-1].label} {t.iloc[-1].auroc:.3f}."
+        )
+        if "always_error_f1" in t:
+            beat = t[t.f1_minus_always_error_lo > 0]
+            lines.append(
+                f"- F1 of the always-error baseline: {t.always_error_f1.iloc[0]:.3f} (base rate "
+                f"{t.base_rate.iloc[0]:.3f}); detectors whose F1 beats it with a CI excluding 0: "
+                f"{', '.join(beat.label) if len(beat) else 'none'}."
+            )
+    wt = within_task_table(table, span, cfg.claims_min_per_class)
+    if len(wt) and wt.auroc_within_task_mean.notna().any():
+        gap = wt.auroc_pooled - wt.auroc_within_task_mean
+        worst = wt.loc[gap.idxmax()]
+        lines.append(
+            f"- Pooled vs within-task AUROC: the largest drop is {worst.label} ({worst.auroc_pooled:.3f} pooled, "
+            f"{worst.auroc_within_task_mean:.3f} mean within task): part of a pooled AUROC can come from "
+            f"recognising the task, whose error rates differ."
+        )
+    lines += [_claim_line(c) for c in claims]
+    if f1_check is not None and "f1_gain" in f1_check:
+        r = f1_check.iloc[0]
+        lines.append(
+            f"- F1 at the base rate: {r.detector} (AUROC {r.auroc:.3f} [{r.auroc_lo:.3f}, {r.auroc_hi:.3f}]) has F1 "
+            f"{r.f1:.3f} vs always-error {r.always_error_f1:.3f}, gain {r.f1_gain:+.3f} [{r.f1_gain_lo:+.3f}, "
+            f"{r.f1_gain_hi:+.3f}]: {F1_READINGS[r.reading]}; {r.informative_not_beating_always_error} of "
+            f"{r.informative} detectors with AUROC CI above 0.5 do not beat always-error on F1."
+        )
+    elif f1_check is not None and "note" in f1_check:
+        lines.append(f"- F1 at the base rate: not checked ({f1_check.note.iloc[0]}).")
+    if injected is not None and len(injected):
+        t = injected[(injected.span == span) & (injected["mode"] == "self")]
+        if len(t):
+            gap = (t.injected_auroc - t.natural_auroc).mean()
+            lines.append(
+                f"- Injected errors: mean AUROC over non-sampling detectors {t.injected_auroc.mean():.3f} vs "
+                f"{t.natural_auroc.mean():.3f} on natural errors (difference {gap:+.3f})."
+            )
+    if models is not None and len(models) and models.model.nunique() > 1:
+        ok = models[models.status == "ok"]
+        means = ok.groupby("model", sort=False).agg(auroc=("auroc", "mean"), error_rate=("error_rate", "first"))
+        lines.append(
+            "- Part 4, mean AUROC over detectors per model: "
+            + ", ".join(f"{m} {r.auroc:.3f} (error rate {r.error_rate:.0%})" for m, r in means.iterrows())
+            + "."
+        )
+    return "\n".join(lines)
+
+
+# -- Weights & Biases -------------------------------------------------------------------------------
+
+
+def log_runs(
+    results: Results,
+    tables: Mapping[str, Any],
+    figures: Mapping[str, Any],
+    claims: Sequence[Mapping[str, Any]],
+    *,
+    profile: str | None = None,
+    html_path: str | Path | None = None,
+    summary: Mapping[str, Any] | None = None,
+) -> list[str]:
+    """One W&B run per model (group ``error_detection``, job type ``detect``, named
+    ``<model>-seed<seed>``): its detector table, error rates, ROC/PR and rejection curves
+    (images) and summary numbers. Then the family's summary run (job type ``summary``): the
+    claims, detector, cost, per-layer, injected, model-comparison and F1 base-rate tables, every
+    figure of the stage, the headline numbers and the HTML summary."""
+    import matplotlib.pyplot as plt
+
+    from trustlab.error_detection.figures import plot_rejection, plot_roc_pr
+    from trustlab.tracking import run_name, start_run
+
+    cfg = results.cfg
+    names = []
+    for i, run in enumerate(results.runs):
+        config = {**cfg.to_dict(), "profile": profile, "model_name": run.name, "model_path": run.path}
+        with start_run(FAMILY, "detect", run_name(run.name, cfg.seed), config, tags=[run.name]) as wb:
+            det = detector_table(cfg, run.stats, run.dets, per_task=False) if i else tables["detectors"]
+            wb.log_table("detectors", det)
+            wb.log_table("error_rates", error_rate_table(run.stats, cfg.expected_error_rate))
+            span = next(iter(run.dets.values())).span if run.dets else cfg.spans[0]
+            roc, pr, rej = curve_frames(run.stats, run.dets, top_keys(det, span))
+            base_rate = float(run.stats.select(split="test").labels().mean())
+            for name, fig in (("roc_pr", plot_roc_pr(roc, pr, base_rate)), ("rejection_curves", plot_rejection(rej))):
+                if fig is not None:
+                    wb.log_image(name, fig)
+                    plt.close(fig)
+            wb.summary({"error_rate": float(run.stats.labels().mean()),
+                        **{f"timing/{k}": v for k, v in run.timing.items()}})  # fmt: skip
+            names.append(wb.name)
+    config = {**cfg.to_dict(), "profile": profile, "models": {r.name: r.path for r in results.runs}}
+    with start_run(FAMILY, "summary", f"{FAMILY}-summary", config, tags=["summary"]) as wb:
+        wb.log_table("claims", claims_frame(claims))
+        for name in ("detectors", "cost", "per_layer", "injected", "models", "f1_base_rate_check"):
+            df = tables.get(name)
+            if df is not None and len(df):
+                wb.log_table(name, df)
+        for name, fig in figures.items():
+            wb.log_image(name, fig)
+        if html_path is not None and Path(html_path).exists():
+            wb.log_html("summary_html", html_path)
+        wb.summary(dict(summary or {}))
+        names.append(wb.name)
+    return names

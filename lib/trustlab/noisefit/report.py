@@ -1,0 +1,177 @@
+"""What the stage reports: headline numbers, the claims in words, the findings (every number
+from this run's results), the outputs for ``write_outputs`` and the W&B summary run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from trustlab.core.claims import count_verdicts
+from trustlab.noisefit import tables
+from trustlab.noisefit.claims import arm
+from trustlab.noisefit.run import FAMILY, Results
+from trustlab.noisefit.variants import label
+from trustlab.reporting.outputs import StageOutputs
+from trustlab.tracking import start_run
+
+HEADLINE_KEYS = ("halluc_qa_heldout", "halluc_nonexistent_test", "em_qa_train", "em_qa_heldout", "s_em_qa_heldout",
+                 "abstain_recall", "mc_qa_heldout", "valid_qa_heldout")  # fmt: skip
+NEW_FACTS_KEYS = ("halluc_qa_heldout", "em_qa_heldout", "em_new_facts")
+
+
+def headline(results: Results, claims: list[dict[str, Any]]) -> dict[str, Any]:
+    """Flat, readable numbers: ``<variant>/<metric>`` (means over seeds, default setting),
+    ``<variant>/new_facts/<metric>``, the number of runs and the claim verdict counts."""
+    h: dict[str, Any] = {}
+    table = tables.summary_table(results, HEADLINE_KEYS)
+    for _, r in table.iterrows():
+        for m in HEADLINE_KEYS:
+            if m in table.columns and np.isfinite(r[m]):
+                h[f"{r.variant}/{tables.readable(m)}"] = float(r[m])
+    nf = tables.summary_table(results, NEW_FACTS_KEYS, setting="new_facts")
+    for _, r in nf.iterrows():
+        if r.variant == "base":
+            continue
+        for m in NEW_FACTS_KEYS:
+            if m in nf.columns and np.isfinite(r[m]):
+                h[f"{r.variant}/new_facts/{tables.readable(m)}"] = float(r[m])
+    h["runs"] = sum(r["setting"] != "base" for r in results.rows)
+    for verdict, n in count_verdicts(claims).items():
+        h[f"claims_{verdict.replace(' ', '_')}"] = n
+    return h
+
+
+def arm_label(name: str) -> str:
+    """``"sft@new_facts"`` -> ``"SFT [new_facts]"``."""
+    variant, setting = arm(name)
+    return label(variant) if setting in ("default", "base") else f"{label(variant)} [{setting}]"
+
+
+def reading(row: dict[str, Any]) -> str:
+    """A claim row in words, with the effect in percentage points (the metrics are shares)."""
+    if row["verdict"] == "not evaluated":
+        return f"not evaluated: {row['reason']}"
+    diff = f"{arm_label(row['method'])} - {arm_label(row['baseline'])} = {100 * row['effect']:+.1f} pp"
+    what = tables.phrase(row["metric"])
+    test = f"p = {row['p_value']:.3g}, {row['test']}"
+    if row["ci_low"] is None or row["ci_high"] is None:
+        ci = f"no confidence interval, {test}"
+    else:
+        ci = f"95% CI [{100 * row['ci_low']:+.1f}, {100 * row['ci_high']:+.1f}] pp, {test}"
+    if row["verdict"] == "supported":
+        return f"supported: {diff} on {what} ({ci}), in the expected direction"
+    if row["verdict"] == "not supported":
+        return f"not supported: the opposite holds here, {diff} on {what} ({ci}); expected a {row['expected']}"
+    return (f"inconclusive: {diff} on {what} ({ci}); no difference can be told apart from seed-to-seed "
+            f"variation with {row['n']} seeds")  # fmt: skip
+
+
+def claims_table(claims: list[dict[str, Any]]) -> pd.DataFrame:
+    return tables.claims_frame(claims, [reading(r) for r in claims])
+
+
+def findings(results: Results, claims: list[dict[str, Any]]) -> str:
+    """What the numbers of this run show, as markdown bullets (generated from the results, so
+    they stay true when the params change)."""
+    c = results.config
+    t = tables.summary_table(results).set_index("variant") if results.rows else None
+    out = [
+        f"{sum(r['setting'] != 'base' for r in results.rows)} fine-tuning runs: {len(c['variants'])} variants x "
+        f"{len(c['seeds'])} seed(s) of {c['steps']} steps x batch {c['batch_size']}"
+        + (f", plus the new-facts setting for {', '.join(c['new_facts_variants'])}" if c["include_new_facts"] else "")
+        + f"; k = {c['k']}, sigma0 = {c['sigma0']} ({c['noise_scale']} convention), alpha = {c['alpha']}, "
+        f"lambda = {c['lambda_consistency']}."
+    ]
+
+    def val(v, m):
+        return t.loc[v, m] if t is not None and v in t.index and m in t.columns else float("nan")
+
+    if t is not None and "base" in t.index:
+        out.append(f"Base model (greedy): exact match {val('base', 'em_qa_train'):.0%} on train people, "
+                   f"{val('base', 'em_qa_heldout'):.0%} on held-out people; hallucination "
+                   f"{val('base', 'halluc_qa_heldout'):.0%} on held-out and "
+                   f"{val('base', 'halluc_nonexistent_test'):.0%} on non-existent people.")  # fmt: skip
+    for v in ("sft", "neftune", "rdrop", "noisefit_largest", "noisefit_lowest"):
+        if t is not None and v in t.index:
+            out.append(f"{label(v)}: hallucination {val(v, 'halluc_qa_heldout'):.1%} (held-out) / "
+                       f"{val(v, 'halluc_nonexistent_test'):.1%} (non-existent), exact match held-out "
+                       f"{val(v, 'em_qa_heldout'):.1%}, abstention recall {val(v, 'abstain_recall'):.1%}.")  # fmt: skip
+    for v in ("noisefit_kl_only", "noisefit_consistency_only"):
+        if t is not None and v in t.index:
+            out.append(f"{label(v)}: exact match on train people {val(v, 'em_qa_train'):.1%}, "
+                       f"well-formed answers on held-out people {val(v, 'valid_qa_heldout'):.1%} (NoiseFiT-Largest "
+                       f"{val('noisefit_largest', 'em_qa_train'):.1%} and "
+                       f"{val('noisefit_largest', 'valid_qa_heldout'):.1%}).")  # fmt: skip
+    steps = tables.step_time_table(results)
+    if len(steps):
+        d = steps[steps.setting == "default"]
+        out.append("Step time relative to SFT (same run): " + ", ".join(
+            f"{r.label} x{r.ratio_to_sft:.2f} ({r.forward_passes} fwd)" for _, r in d.iterrows()) + ".")  # fmt: skip
+    for row in claims:
+        out.append(f"{row['claim']}: {reading(row)}.")
+    n = count_verdicts(claims)
+    out.append(f"Claim verdicts: {n['supported']} supported, {n['not supported']} not supported, "
+               f"{n['inconclusive']} inconclusive, {n['not evaluated']} not evaluated.")  # fmt: skip
+    return "\n".join(f"- {s}" for s in out)
+
+
+def stage_outputs(results: Results, claims: list[dict[str, Any]]) -> StageOutputs:
+    """Everything ``write_outputs`` writes: metrics.json tables, plot data and timing.json."""
+    steps = tables.step_time_table(results)
+    return StageOutputs(
+        stage=FAMILY,
+        headline=headline(results, claims),
+        claims=claims,
+        tables={
+            "table": tables.summary_table(results),
+            "table_new_facts": tables.summary_table(results, setting="new_facts"),
+            "hallucination": tables.hallucination_table(results),
+            "step_time": steps,
+        },
+        extra={
+            "claims_reading": {r["claim"]: reading(r) for r in claims},
+            "exported": dict(results.exported),
+            "config": results.config,
+        },
+        plots={
+            "runs": tables.runs_frame(results),
+            "curves": tables.curves_frame(results),
+            "snr": pd.DataFrame(results.snr),
+            "step_time": steps,
+            "hallucination": tables.hallucination_long(results),
+            "claims": claims_table(claims),
+        },
+        timing={
+            "training_seconds": results.seconds,
+            "step_time": tables.step_time_seconds(results).to_dict(orient="records"),
+            "runs": tables.run_seconds(results).to_dict(orient="records"),
+        },
+    )
+
+
+def log_summary(
+    results: Results,
+    claims: list[dict[str, Any]],
+    figures: dict[str, Any] | None = None,
+    *,
+    html_path: str | Path | None = None,
+    config: dict[str, Any] | None = None,
+) -> None:
+    """The W&B summary run of the stage (group ``noisefit``): the results, hallucination,
+    step-time, SNR and claims tables, the figures, the headline as summary and the summary page."""
+    with start_run(FAMILY, "summary", "noisefit-summary", config or results.config, tags=["summary"]) as run:
+        run.log_table("results", tables.summary_table(results, fmt=True))
+        run.log_table("results_new_facts", tables.summary_table(results, setting="new_facts", fmt=True))
+        run.log_table("hallucination", tables.hallucination_table(results, fmt=True))
+        run.log_table("step_time", tables.step_time_table(results))
+        run.log_table("claims", claims_table(claims))
+        if results.snr:
+            run.log_table("snr", pd.DataFrame(results.snr))
+        for name, fig in (figures or {}).items():
+            run.log_image(name, fig)
+        run.summary(headline(results, claims))
+        if html_path is not None and Path(html_path).exists():
+            run.log_html("summary_html", html_path)

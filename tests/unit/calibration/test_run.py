@@ -1,0 +1,140 @@
+"""The calibration run functions end to end at a tiny size: table shapes, the on_run
+callback, summaries, claims and the stage outputs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from trustlab.calibration import claims as C
+from trustlab.calibration import report as R
+from trustlab.calibration import run as E
+from trustlab.calibration import tables as T
+from trustlab.calibration.config import CalibrationConfig
+from trustlab.calibration.figures import reliability_diagram_from_bins
+from trustlab.core import claims as engine
+
+TINY = {
+    "seeds": [0, 1],
+    "losses": ["ce", "focal"],
+    "n_train": 50,
+    "epochs": 1,
+    "hidden": 8,
+    "shifts": ["noise", "blur"],
+    "severities": [3],
+    "ca": {"epochs": 2},
+    "noise": {"losses": ["ce", "aldr_kl"], "kinds": ["uniform"], "rates": [0.4]},
+    "annotators": {"n_annotators": 4, "labels_per_item": 3, "variants": ["majority", "aggregate"]},
+    "anyloss": {"losses": ["bce", "anyloss_f1"], "epochs": 1},
+    "enable_progress_bar": False,
+}
+
+
+@pytest.fixture(scope="module")
+def tables():
+    cfg = CalibrationConfig.from_dict(TINY)
+    calls = []
+
+    def on_run(name, seed, metrics):
+        calls.append((name, seed, metrics))
+
+    out = {
+        "main": E.run_main_table(cfg, on_run=on_run),
+        "robustness": E.run_robustness(cfg, on_run=on_run),
+        "soft_labels": E.run_soft_labels(cfg, on_run=on_run),
+        "anyloss": E.run_anyloss(cfg, on_run=on_run),
+    }
+    return out, calls
+
+
+def test_main_table_shapes(tables):
+    out, calls = tables
+    mt = out["main"]
+    assert len(mt.main) == 2 * 2 * 3  # loss x seed x {raw, ts, ca}
+    assert set(mt.main["variant"]) == {"raw", "ts", "ca"}
+    for col in ("id_acc", "id_ece", "id_ada_ece", "id_cw_ece", "id_brier", "id_aurc", "id_nll", "shift_ece"):
+        assert col in mt.main and mt.main[col].notna().all()
+    assert len(mt.per_shift) == 2 * 2 * 3 * 2  # ... x shift kinds x 1 severity
+    # calibrators never change accuracy
+    acc = mt.main.groupby(["loss", "seed"])["id_acc"].nunique()
+    assert (acc == 1).all()
+    bins = T.bins_for(mt.bins, "ce", "ts", "shift")
+    assert bins["count"].sum() == 2 * 540
+    fig = reliability_diagram_from_bins(bins)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    names = [c[0] for c in calls]
+    assert names.count("ce") == 2 and "ce@uniform0.4" in names and "soft:aggregate" in names
+    assert "raw/id_ece" in calls[0][2] and "ca/shift_acc" in calls[0][2]
+
+
+def test_other_tables(tables):
+    out, _ = tables
+    rob, soft, anyl = out["robustness"], out["soft_labels"], out["anyloss"]
+    assert len(rob) == 2 * 2 * 2 and set(rob["variant"]) == {"raw", "ts"}
+    assert "shift_ece" not in rob  # shifted sets only with noise.shifted
+    assert set(soft["labels"]) == {"majority", "aggregate"}
+    assert set(soft.loc[soft["labels"] == "aggregate", "loss"]) == {"soft_kl"}
+    assert soft["shift_ece"].notna().all()
+    assert len(anyl) == 4 and {"f1", "bacc", "gmean", "ece"} <= set(anyl.columns)
+
+
+def _results(out) -> E.Results:
+    return E.Results(out["main"], out["robustness"], out["soft_labels"], out["anyloss"], lm=None,
+                     seconds={"main": 1.0})
+
+
+def test_summaries_and_claims(tables):
+    out, _ = tables
+    s = T.summarize(out["main"].main, ["loss", "variant"], ["id_ece"])
+    assert len(s) == 6 and (s["n"] == 2).all()
+    assert not any(c.startswith("train_seconds") for c in T.summarize(out["main"].main, ["loss", "variant"]).columns)
+    f = T.format_summary(out["main"].main, ["loss", "variant"], ["id_acc"], scale=100)
+    assert " ± " in f["id_acc"].iloc[0]
+    rows = C.claim_rows(_results(out), noise_rates=[0.4])
+    assert engine.audit(rows) == []
+    by_id = {r["id"].split("/", 1)[1]: r for r in rows}
+    assert list(by_id) == [c.spec.id for c in C.comparisons([0.4])]
+    evaluated = ["ca_vs_ts_shift_ece", "focal_vs_ce_id_ece", "aldr_kl_vs_ce_acc_uniform_noise_40",
+                 "aggregate_vs_majority_shift_ece", "anyloss_f1_vs_bce_f1"]
+    for cid in evaluated:
+        r = by_id[cid]
+        assert r["n"] == 2 and np.isfinite(r["effect"])
+        assert r["verdict"] in ("supported", "not supported", "inconclusive")
+    # the effect is method - baseline, paired by seed, straight from the per-seed table
+    main = out["main"].main
+    ca = main.query("loss == 'ce' and variant == 'ca'").set_index("seed")["shift_ece"]
+    ts = main.query("loss == 'ce' and variant == 'ts'").set_index("seed")["shift_ece"]
+    assert by_id["ca_vs_ts_shift_ece"]["effect"] == pytest.approx(float((ca - ts).mean()))
+    # variants not run stay in the table, not evaluated, with the reason
+    assert by_id["aldr_kl_vs_ce_acc_flip_noise_40"]["verdict"] == "not evaluated"
+    assert "'flip' in calibration.noise.kinds" in by_id["aldr_kl_vs_ce_acc_flip_noise_40"]["reason"]
+    assert by_id["lm_ts_correctness_ece"]["verdict"] == "not evaluated"
+    only_ce = E.Results(E.MainTables(main[main["loss"] == "ce"], out["main"].per_shift, out["main"].bins),
+                        out["robustness"].iloc[0:0], out["soft_labels"], out["anyloss"])
+    again = {r["id"].split("/", 1)[1]: r["verdict"] for r in C.claim_rows(only_ce)}
+    assert again["focal_vs_ce_id_ece"] == "not evaluated" and again["ca_vs_ts_shift_ece"] != "not evaluated"
+
+
+def test_stage_outputs_keep_wall_times_out_of_metrics(tables, tmp_path):
+    from trustlab.reporting.outputs import write_outputs
+
+    out, _ = tables
+    res = _results(out)
+    rows = C.claim_rows(res)
+    metrics = write_outputs(tmp_path, R.stage_outputs(res, rows, {"seeds": [0, 1]}), profile="smoke")
+    assert list(metrics)[:6] == ["headline", "claims", "tables", "lm", "config", "run"]
+    text = (tmp_path / "metrics.json").read_text() + (tmp_path / "headline.json").read_text()
+    assert "seconds" not in text
+    for csv in (tmp_path / "plots").glob("*.csv"):
+        assert "seconds" not in csv.read_text().splitlines()[0], csv.name
+    timing = json.loads((tmp_path / "timing.json").read_text())
+    assert timing["part_seconds"] == {"main": 1.0}
+    models = out["main"].main.drop_duplicates(["loss", "seed"])
+    assert timing["main_train_seconds_total"] == pytest.approx(models["train_seconds"].sum())
+    h = metrics["headline"]
+    assert h["claims_not_evaluated"] == 3
+    assert sum(h[f"claims_{v.replace(' ', '_')}"] for v in engine.VERDICTS) == len(rows)
