@@ -76,6 +76,19 @@ display(dr.bio_examples(gen_dir, n_people=1))
 display(dr.examples(gen_dir, per_split=2))
 
 # %% [markdown]
+# ## Step-level ground truth: the scratchpad task
+#
+# Column addition written out one column at a time (`x+y+c=s`: the column's digits, the carry
+# into it and their sum, whose tens digit is the next carry), then the result. Every step of a
+# model's response can be compared with the reference: `trustlab.data.checkers.parse_steps`
+# reads the steps and `first_wrong_step` gives the first one that differs (a missing step is
+# wrong). Below, the first test records step by step next to a corrupted trajectory (one
+# column sum off by one, the rest carried on from it) and the step where it first goes wrong.
+
+# %%
+display(dr.scratchpad_steps(gen_dir, n=3))
+
+# %% [markdown]
 # ## Fingerprints
 #
 # The sha256 over every generated file identifies this data exactly (the base model records

@@ -48,6 +48,9 @@ print(f"GPT L={model.config.n_layer} H={model.config.n_head} d={model.config.n_e
 print(f"trained {h['steps']} steps x batch {metrics['config']['batch_size']}"
       + (f" in {pretraining['train_seconds']} s ({pretraining['tokens_per_s']:.0f} tokens/s); "
          f"whole stage {pretraining['stage_seconds']} s" if pretraining else ""))
+if "train_share_of_peak" in pretraining:
+    print(f"training used {pretraining['train_share_of_peak']:.1%} of the measured matmul peak at "
+          f"{pretraining['train_threads']} thread(s); the stage used {pretraining['cores']} cores on average")
 if metrics.get("config") != cfg.to_dict():
     display(Markdown("**Note:** the saved model was trained with other `base_model` params than the current ones; "
                      "run `dvc repro base_model` (or `pipelines/pretrain_base.py`) to rebuild it."))
@@ -102,7 +105,10 @@ show(fg.plot_qa_outcomes(summary), "qa_outcomes")
 #
 # The error-detection family needs errors to be frequent but not universal (roughly 30-60% on
 # some splits, see docs/methods/error_detection.md); the hallucination family needs held-out and
-# non-existent people on which the model can be wrong.
+# non-existent people on which the model can be wrong. The task sizes are matched to the model:
+# 1-2 digit additions are learnt in part within the pretraining budget (3-digit ones are the
+# out-of-distribution split), and the scratchpad's column additions (2-3 digit operands) leave
+# some trajectories with a wrong step for step-level error localisation.
 
 # %%
 error_range = tables.error_range_table(summary)

@@ -41,31 +41,67 @@ display(pd.DataFrame(
 ).drop(columns=["attention_kwargs"]))
 print(f"profile {stage.profile}: {len(cfg.variants)} variants x {len(cfg.seeds)} seeds, {cfg.steps} steps x batch "
       f"{cfg.batch_size} x T {cfg.block_size}; model L={cfg.n_layer} H={cfg.n_head} d={cfg.n_embd}; "
-      f"gamma={cfg.gamma}, lam={cfg.lam} (mean penalty), theta_init={cfg.theta_init}")
+      f"gamma={cfg.gamma}, lambda from {cfg.lam_sweep or [cfg.lam]} (mean penalty), theta_init={cfg.theta_init}; "
+      f"workers={cfg.workers}")
 
 # %% [markdown]
 # ## Data
 #
 # Train and validation files come from the corpus's file-level split; they are packed into
-# windows of exactly $T$ bytes. Every run draws the same batches for a given seed.
+# windows of exactly $T$ bytes. Every run draws the same batches for a given seed. The
+# validation files are split again, alternately file by file, into *tuning* windows (choosing
+# λ, and the validation curves) and *test* windows (every metric of the claims), so the claims
+# are measured on windows that no choice has seen.
 
 # %%
 corpus = run.load_corpus(cfg, stage.data)
 pd.Series(corpus.info).to_frame("value")
 
 # %% [markdown]
-# ## Training every variant
+# ## Tuning λ, then training every variant
 #
-# Each (variant, seed) is trained from scratch; entropy is measured on a fixed probe batch at
-# step 0 and every `log_every` steps, and on all validation windows at the end. A non-finite or
-# blown-up loss stops that run and is recorded (see *Divergence*). One W&B run per
-# (variant, seed) holds the per-layer entropy over training and the heatmaps.
+# First the regularised variant is trained at every λ of `lam_sweep` on the `tune_seeds`
+# (fewer than, and different from, the test seeds); the λ with the lowest mean perplexity on the
+# tuning windows is kept (λ = 0, the regularizer off, is a candidate). No other knob of any
+# variant is tuned: learning rate, schedule and steps are the same for all. Then each
+# (variant, seed) is trained from scratch, the regularised variants at the chosen λ; entropy
+# and the loss are measured on a fixed probe batch of tuning windows at step 0 and every
+# `log_every` steps, and on all tuning and test windows at the end. A non-finite or blown-up
+# loss stops that run and is recorded (see *Divergence*). Runs go to `workers` processes side
+# by side; one W&B run per trained model holds its entropy over training and its heatmaps.
 
 # %%
 results = run.run_stage(cfg, corpus, on_run=report.wandb_run_hook(cfg))
 timing = tables.timing_table(results)
-print(f"{len(timing)} runs in {results.seconds:.0f} s; median {timing.train_s.median():.1f} s of training per run")
+print(f"{len(timing)} runs in {results.seconds:.0f} s on {results.workers} worker(s), "
+      f"{results.cpu_seconds / max(results.seconds, 1e-9):.2f} cores busy on average; "
+      f"median {timing.train_s.median():.1f} s of training per run")
 timing.groupby("variant", sort=False)[["steps", "train_s", "ms_per_step", "monitor_s", "eval_s"]].mean()
+
+# %% [markdown]
+# ## The λ sweep (dose-response)
+#
+# Each λ of the sweep against the perplexity and the share of overloaded heads, both on the
+# tuning windows, for every tuning seed; the ringed point is the chosen λ.
+
+# %%
+lam_sweep = tables.lam_sweep_table(results)
+display(lam_sweep)
+if len(lam_sweep):
+    show(fig.plot_lam_sweep(lam_sweep), "lam_sweep")
+print(f"chosen lambda: {results.chosen_lam:g}")
+
+# %% [markdown]
+# ## Has training flattened?
+#
+# Validation perplexity of the probe batch (tuning windows) over training. The flatness measure
+# is the relative change of that perplexity over the last 20% of the steps (near 0: flat;
+# negative: still improving).
+
+# %%
+flatness = tables.flatness_table(results)
+display(flatness)
+show(fig.plot_validation_curves(results), "validation_curves")
 
 # %% [markdown]
 # ## Entropy-measurement overhead
@@ -84,7 +120,7 @@ display(tables.overhead_table(overhead, run.realised_overhead(results), cfg.log_
 # %% [markdown]
 # ## Validation perplexity
 #
-# Perplexity per byte-level token on the held-out files (mean ± std over the seeds that did not
+# Perplexity per byte-level token on the test windows (mean ± std over the seeds that did not
 # diverge); bits per token ≈ bits per byte.
 
 # %%
@@ -95,7 +131,7 @@ show(fig.plot_perplexity(ppl), "perplexity")
 # %% [markdown]
 # ## Entropy heatmaps
 #
-# Layer × head mean attention entropy on the validation windows (eval mode), averaged over
+# Layer × head mean attention entropy on the test windows (eval mode), averaged over
 # the seeds that did not diverge: raw (nats; colour scale up to the uniform-causal maximum) and normalised by it.
 
 # %%
@@ -145,8 +181,9 @@ else:
 # %% [markdown]
 # ## γ sweep
 #
-# The regularised variant at each tolerance γ (fraction of $E_{max} = \log T$ inside which no
-# penalty applies), against perplexity, the top-bin fraction and early-layer entropy.
+# A diagnostic, not tuning (empty by default, to keep the stage in budget): the regularised
+# variant at each tolerance γ (fraction of $E_{max} = \log T$ inside which no penalty applies)
+# at the chosen λ, against perplexity, the top-bin fraction and early-layer entropy.
 
 # %%
 sweep = tables.gamma_sweep_table(results)
@@ -196,13 +233,10 @@ display(Markdown(report.findings(results, claims, overhead)))
 
 # %% [markdown]
 # **Scale.** These are tiny models trained for the token budget printed above, not GPT-2 on
-# 2.1B CodeParrot tokens. At initialisation every head is near-uniform, so at a small budget
-# "overload" measures which layers have *not yet* moved away from uniform attention, and the
-# perplexity differences are those of early training, where the regularizer's extra objective
-# can cost more than it returns. With few seeds the interval is wide and the exact test of tied
-# differences cannot reach p < 0.05 below six seeds, so *inconclusive* means the effect could
-# not be separated from seed noise; a *not supported* verdict at this scale does not refute the
-# paper.
+# 2.1B CodeParrot tokens: each run is trained until its validation perplexity flattens (see the
+# flatness table), but the model and the data are small. With few seeds the interval is wide,
+# so *inconclusive* means the effect could not be separated from seed noise; a *not supported*
+# verdict at this scale does not refute the paper.
 
 # %% [markdown]
 # ## Outputs
@@ -219,7 +253,7 @@ metrics = close_stage(
     log_summary=lambda _html: report.log_summary(
         results,
         {"perplexity": ppl.drop(columns=["label"]), "head_bins": bins, "claims": claims_df, "gamma_sweep": sweep,
-         "divergence": div_summary, "timing": timing},
+         "lam_sweep": lam_sweep, "flatness": flatness, "divergence": div_summary, "timing": timing},
         stage.figures,
         config={**cfg.to_dict(), "profile": stage.profile},
     ),

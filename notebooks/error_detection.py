@@ -15,7 +15,8 @@
 # synthetic world (parameterized knowledge, including people who do not exist), "write N words
 # about T" (instruction following) and copying a value from the context (context faithfulness).
 # Deterministic checkers label every greedy response. The library is `trustlab.error_detection`; this
-# notebook only calls it.
+# notebook only calls it. Detectors are compared per task and averaged over tasks (the headline);
+# numbers pooled over all tasks are secondary and labelled *pooled*.
 
 # %% tags=["parameters"]
 profile = None        # e.g. "smoke" (None: the profile key in params.yaml)
@@ -42,6 +43,7 @@ from trustlab.reporting.notebook import close_stage, open_stage
 
 stage = open_stage(detect.FAMILY, ErrorDetectionConfig, params, profile=profile, data_dir=data_dir,
                    reports_dir=reports_dir)
+cpu_at_start = detect.cpu_seconds()   # with stage.seconds(): the cores the stage kept busy (timing.json)
 cfg, show, reports = stage.cfg, stage.show, stage.reports
 model_cfg = load_section(ModelConfig, profile=profile)   # the studied model: tiny (default) or hf
 seed_everything(cfg.seed)
@@ -56,7 +58,7 @@ pd.set_option("display.max_colwidth", 80)
 print(f"profile {stage.profile}: models {', '.join(f'{k} = {v}' for k, v in model_dirs.items())}; K = {cfg.k_samples} "
       f"samples (T = {cfg.temperature}, top-p {cfg.top_p}, top-k {cfg.top_k}); max {cfg.max_new_tokens} new tokens; "
       f"{len(cfg.detectors)} detectors x spans {cfg.spans}; {cfg.bootstrap_resamples} bootstrap resamples; "
-      f"{threads} torch threads")
+      f"{threads} torch threads; detectors on {cfg.workers or 'all'} worker processes")
 pd.DataFrame(describe_estimators())[["name", "label", "needs_fit", "supervised"]]
 
 # %% [markdown]
@@ -78,11 +80,14 @@ prompts.counts()
 # K sampled responses per prompt; answers are extracted, labelled by the task checkers and the
 # hidden states are pooled over the answer span and over the whole response. Then every detector
 # runs on both spans: *answer* = the tokens the checker reads, *response* = every generated token
-# including the final `<eos>`.
+# including the final `<eos>`. The statistics are stored under `data/detection_stats/` (a pipeline
+# output kept between runs) and reused only when the model's files, the prompts, the sampling
+# settings and the code that produces them (trustlab.lm and this package's collection code) are all
+# unchanged.
 
 # %%
 base_model, base_tok = detect.load_studied_model(model_dirs, stage.data, model_cfg)
-stats_dir = reports / "stats"
+stats_dir = detect.stats_root(cfg, stage.data)
 base = detect.run_model(cfg, "base", base_model, base_tok, prompts, stats_dir, path=str(model_dirs["base"]), inject=True,
                     progress=say)
 print(f"statistics {'reused from' if base.reused else 'computed and stored in'} {stats_dir}: greedy "
@@ -104,9 +109,24 @@ display(err_table)
 show(F.plot_error_rates(err_table), "error_rates")
 
 # %% [markdown]
+# ## Per task and averaged over tasks (the headline)
+#
+# Test AUROC of every detector on each task and its mean over the tasks with at least
+# `claims_min_per_class` right and wrong test responses (macro average, also for PRR). The AUROC
+# pooled over all test responses is shown last as a secondary number: pooling tasks with different
+# error rates rewards a detector for recognising the task. Meta Ranking's cost is its judge calls
+# per response (five comparisons with references); every other detector makes none.
+
+# %%
+table = T.detector_table(cfg, base.stats, base.dets)
+headline_table = T.task_table(table, span, cfg.claims_min_per_class)
+show(F.plot_task_auroc(headline_table), "auroc_by_task")
+headline_table.sort_values("auroc_macro", ascending=False)
+
+# %% [markdown]
 # ## Detector table
 #
-# Test split, all tasks pooled. AUROC and AUPRC are threshold-free (AUPRC next to the base error
+# Test split, all tasks pooled (secondary). AUROC and AUPRC are threshold-free (AUPRC next to the base error
 # rate, which is what a random detector scores); PRR is lm-polygraph's normalised
 # prediction-rejection ratio (1 = oracle, 0 = random). F1 is the error class's, at the threshold
 # maximising F1 on the fit split (out-of-fold scores for fitted detectors), next to the F1 of
@@ -114,7 +134,6 @@ show(F.plot_error_rates(err_table), "error_rates")
 # 95% bootstrap CIs over test responses.
 
 # %%
-table = T.detector_table(cfg, base.stats, base.dets)
 display(T.display_table(table, "all"))
 show(F.plot_detector_auroc(table), "detector_auroc")
 
@@ -234,6 +253,23 @@ if len(runs) > 1:
 show(F.plot_models(models_table), "models")
 
 # %% [markdown]
+# ## Two newer detectors: SPC-UQ and Meta Ranking
+#
+# **SPC-UQ** (adaptation): at each answer token the classes are the greedy token (probability
+# $p_t$) and the rest of the vocabulary. A small residual head, fitted on the fit split, predicts
+# the mean absolute residual $\mathrm{mar}_t = E|1\{\text{right}\} - p_t|$ from the token's statistics and
+# the pooled hidden state; a calibrated model has $\mathrm{mar}_t = 2p_t(1-p_t)$, so
+# $u = \mathrm{mean}_t \sum_c |\mathrm{mar}_c - 2p_c(1-p_c)|$ measures how far the probabilities are from
+# describing how often the answer is right. **Meta Ranking** (adaptation): five references
+# (query, response, correct?) from the fit split; a learned pairwise comparator (not an LM judge)
+# says how likely the target is more reliable than each; votes count for the target when it beats
+# a correct reference and against it when it loses to a wrong one. Both appear in every table
+# above; their claims below compare them with MSP.
+
+# %%
+T.task_table(table, span, cfg.claims_min_per_class).query("detector in ['msp', 'spc_uq', 'meta_ranking']")
+
+# %% [markdown]
 # ## Claims
 #
 # Each claim compares two detectors' test AUROC on this one model: the effect is method minus
@@ -292,18 +328,21 @@ display(Markdown(findings))
 #
 # `metrics.json` (headline numbers, claims, tables, the F1 base-rate check), `headline.json`, plot
 # data under `plots/`, wall times and the cost table in `timing.json`, figures under `figures/`,
-# the stored statistics under `stats/`, and one W&B run per model (group `error_detection`) with
+# the stored statistics under `data/detection_stats/`, and one W&B run per model (group `error_detection`) with
 # the detector table, the curves and the HTML summary.
 
 # %%
-tables = {"detectors": table, "within_task": within_task, "error_rates": err_table, "cost": cost,
+results.usage = {"wall_s": stage.seconds(), "cpu_s": detect.cpu_seconds() - cpu_at_start}
+results.usage["cores_used"] = results.usage["cpu_s"] / max(results.usage["wall_s"], 1e-9)
+tables = {"detectors": table, "by_task": headline_table, "within_task": within_task, "error_rates": err_table, "cost": cost,
           "per_layer": layer_table, "injected": inj_table, "models": models_table, "claims": claims_df,
           "roc": roc, "pr": pr, "rejection": rejection}
 outputs = R.stage_outputs(results, tables, claims, f1_check,
                           notes={"models": "none listed" if not cfg.models else list(model_dirs)[1:]})
 metrics = close_stage(
     stage, outputs, summary_title="error detection: summary",
-    summary=[("Claims", claims_df), ("F1 at the base rate (check)", f1_check),
+    summary=[("Claims", claims_df), ("Per task and averaged over tasks", headline_table),
+             ("F1 at the base rate (check)", f1_check),
              ("Detectors (test, all tasks)", T.display_table(table, "all")),
              ("Pooled vs within-task AUROC", within_task), ("Error rates", err_table),
              ("Cost", cost[cost.span == span]), ("Injected errors", inj_table), ("Models", models_table),

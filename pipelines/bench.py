@@ -24,6 +24,7 @@ import lightning as L  # noqa: E402
 import torch  # noqa: E402
 
 from trustlab.core.io import write_json  # noqa: E402
+from trustlab.lm.flops import matmul_peak, training_flops_per_token  # noqa: E402
 from trustlab.lm.generation import generate  # noqa: E402
 from trustlab.lm.gpt import GPT, GPTConfig  # noqa: E402
 from trustlab.lm.tokenizer import ByteTokenizer  # noqa: E402
@@ -43,34 +44,6 @@ class _StepTimer(L.Callback):
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
         self.times.append(time.perf_counter() - self._t0)
-
-
-def matmul_peak(threads: int, size: int = 1024, repeats: int = 20) -> float:
-    """Dense fp32 matmul throughput (FLOP/s) at ``threads`` torch threads: the machine's
-    practical peak that a training step's share is measured against."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        a = torch.randn(size, size, generator=torch.Generator().manual_seed(3))
-        b = torch.randn(size, size, generator=torch.Generator().manual_seed(4))
-        for _ in range(3):
-            a @ b
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            a @ b
-            times.append(time.perf_counter() - t0)
-        return 2 * size**3 / statistics.median(times)
-    finally:
-        torch.set_num_threads(previous)
-
-
-def training_flops_per_token(config: dict) -> float:
-    """Model FLOPs per trained token (forward + backward): ``6 N`` for the weight matmuls (N =
-    parameters outside the embeddings) plus ``12 L d T`` for attention scores and mixing."""
-    L_, d, T = config["n_layer"], config["n_embd"], config["block_size"]
-    n_matmul = 12 * L_ * d * d + d * config["vocab_size"]  # blocks (attention 4d^2 + MLP 8d^2) and the LM head
-    return 6 * n_matmul + 12 * L_ * d * T
 
 
 def bench_training(steps: int, batch_size: int) -> dict:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import sys
 import tempfile
@@ -33,6 +34,13 @@ from trustlab.stages import NOTEBOOKS, section_class  # noqa: E402
 from trustlab.tracking import log_report  # noqa: E402
 
 KERNEL = "python3"
+
+
+def _cpu_seconds() -> float:
+    """User + system CPU time of this process and of every descendant it has waited for (the
+    kernel, which in turn waited for its workers)."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def run(
@@ -84,6 +92,7 @@ def run(
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "lib"), os.environ.get("PYTHONPATH")]))
     out_nb = reports_dir / f"{name}.ipynb"
     start = time.perf_counter()
+    cpu_start = _cpu_seconds()
     error: BaseException | None = None
     with tempfile.TemporaryDirectory(dir=reports_dir, prefix=".run-") as tmp:
         import jupytext
@@ -143,7 +152,11 @@ def run(
         raise SystemExit(1)
     timing_path = reports_dir / "timing.json"
     timing = io.read_json(timing_path) if timing_path.exists() else {}
-    io.write_json(timing_path, {**timing, "runner_wall_s": round(wall, 1)})
+    cpu = _cpu_seconds() - cpu_start  # the runner, its kernel and the kernel's worker processes
+    io.write_json(timing_path, {**timing, "runner_wall_s": round(wall, 1), "cpu_s": round(cpu, 1),
+                                "cpu_cores": round(cpu / wall, 2) if wall > 0 else None,
+                                "cores_available": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                                else os.cpu_count()})  # fmt: skip
     print(f"{name}: executed in {wall:.1f}s -> {out_nb.relative_to(ROOT) if out_nb.is_relative_to(ROOT) else out_nb}")
     return out_nb
 

@@ -41,7 +41,7 @@ STAGES: tuple[Stage, ...] = (
           ("reliability_ce", "ece_vs_severity")),
     Stage("noisefit", "noisefit", "trustlab.noisefit.config:NoiseFitConfig", "noisefit", "trustlab.noisefit",
           "Hallucination noise fine-tuning (NoiseFiT, NEFTune, R-Drop)", "family",
-          ("hallucination_by_split", "snr_layers")),
+          ("dose_response", "hallucination_by_split", "snr_layers")),
     Stage("entropy_attention", "entropy_attention", "trustlab.entropy_attention.config:EntropyAttentionConfig",
           "entropy_attention", "trustlab.entropy_attention", "Entropy-guided attention", "family",
           ("entropy_heatmaps_normalised", "perplexity")),

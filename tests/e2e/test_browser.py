@@ -110,6 +110,8 @@ def load(driver, path: Path, shot: Path) -> dict:
           tables: Array.from(document.querySelectorAll('table'))
                        .map(t => ({id: t.id, rows: t.querySelectorAll('tbody tr').length})),
           height: Math.max(document.body.scrollHeight, document.documentElement.scrollHeight),
+          visible_text: document.body.innerText,
+          formulas: document.querySelectorAll('math').length,
         };""")
     shot.parent.mkdir(parents=True, exist_ok=True)
     png = driver.execute_cdp_cmd("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True})
@@ -365,6 +367,10 @@ def test_every_report_renders_offline(browser, executed_report, name, tmp_path):
     for heading in expected:
         assert re.sub(r"[`$\\]", "", heading)[:25] in shown, (heading, page["headings"])
     assert page["tables"] and all(t["rows"] > 0 for t in page["tables"]), page["tables"]
+    # formulas are rendered (MathML), never shown as raw TeX
+    assert "$$" not in page["visible_text"], "raw $$ TeX in the visible text"
+    n_formulas = sum(len(re.findall(r"\$\$.+?\$\$", c.source, re.S)) for c in nb.cells if c.cell_type == "markdown")
+    assert page["formulas"] >= n_formulas, f"{n_formulas} display formulas in the notebook, {page['formulas']} rendered"
 
 
 def test_dvc_plots_page_renders_offline(browser, tmp_path):

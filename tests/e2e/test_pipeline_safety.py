@@ -45,6 +45,7 @@ BAD_PARAMS = {
     "wrong type": (lambda p: p["data"]["world"].update(frac_qa_train="half"), "data.world.frac_qa_train"),
     "out of range": (lambda p: p["data"].update(seed=-1), "data.seed = -1"),
     "unknown profile": (lambda p: p.update(profile="smokee"), "did you mean 'smoke'"),
+    "gpu profile on a CPU machine": (lambda p: p.update(profile="gpu"), "need CUDA"),
 }  # fmt: skip
 
 
@@ -56,8 +57,11 @@ def test_bad_params_keep_every_existing_output(repro_data_report):
     good = (repo / "params.yaml").read_text()
     for what, (edit, message) in BAD_PARAMS.items():
         _edit_params(repo, edit)
+        t0 = time.perf_counter()
         proc = _dvc(repo, env, "repro", "data_report")
+        seconds = time.perf_counter() - t0
         assert proc.returncode != 0, f"{what}: dvc repro succeeded"
+        assert seconds < 90, f"{what}: the pipeline took {seconds:.0f}s to stop"
         assert message in proc.stdout + proc.stderr, f"{what}: {proc.stdout[-1500:]}{proc.stderr[-1500:]}"
         assert {p: _digest(p) for p in before if p.exists()} == before, f"{what}: an output was deleted or changed"
         (repo / "params.yaml").write_text(good)

@@ -2,10 +2,11 @@
 docs/methods/calibration.md).
 
 Method modules: :mod:`.losses` (training losses, registry ``LOSSES``), :mod:`.calibrators`
-(temperature scaling, correctness-aware CA; registry ``CALIBRATORS``), :mod:`.metrics` (ECE,
+(temperature scaling, correctness-aware CA; registry ``CALIBRATORS``), :mod:`.detectors`
+(single-pass error detectors MSP, entropy, SPC; registry ``DETECTORS``), :mod:`.metrics` (ECE,
 adaptive / classwise ECE, MCE, Brier, AURC, NLL), :mod:`.lm` (answer-level calibration of a
-language model), :mod:`.data` (digits / breast cancer, shifts, label noise, crowd annotators,
-CA views), :mod:`.models`, :mod:`.module` (Lightning training).
+language model), :mod:`.data` (digits / breast cancer / generated waveform digits, shifts,
+label noise, crowd annotators, CA views), :mod:`.models`, :mod:`.module` (Lightning training).
 
 The stage: :mod:`.config` (``CalibrationConfig``), :mod:`.run` (the experiments -> ``Results``),
 :mod:`.claims` (the claims as data), :mod:`.tables`, :mod:`.figures` and :mod:`.report`

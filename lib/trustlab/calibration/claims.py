@@ -36,6 +36,8 @@ PAPERS = {
     "soft": "Singh et al. 2023, Aggregating Soft Labels from Crowd Annotations Improves Uncertainty "
     "Estimation Under Distribution Shift",
     "anyloss": "Han et al. 2024, AnyLoss: Transforming Classification Metrics into Loss Functions",
+    "spc": "Post-Hoc Split-Point Self-Consistency Verification for Efficient, Unified Quantification of "
+    "Aleatoric and Epistemic Uncertainty in Deep Learning (SPC-UQ)",
     "ts": "Guo et al. 2017, On Calibration of Modern Neural Networks (TS), applied to sequence-probability "
     "confidence",
 }
@@ -81,6 +83,20 @@ def _label_noise_comparison(kind: str, rate: float) -> Comparison:
                       f"and {rate:g} in calibration.noise.rates")  # fmt: skip
 
 
+def _spc_comparison(metric: str, what: str, note: str, dataset: str = "digits") -> Comparison:
+    on = "" if dataset == "digits" else f" on {dataset}"
+    spec = ClaimSpec(
+        id=f"spc_vs_msp_{metric}" + ("" if dataset == "digits" else f"_{dataset}"),
+        claim=f"SPC's self-consistency discrepancy {what} better than MSP at the same single-pass cost{on}",
+        paper=PAPERS["spc"], metric=metric, method="spc", baseline="msp", expected="increase", range=SHARE, note=note,
+    )  # fmt: skip
+    table = "detection" if dataset == "digits" else f"{dataset}_detection"
+    needs = "'ce' in calibration.losses and 'spc' and 'msp' in calibration.detectors"
+    needs += " and at least one shift" if metric == "shift_auroc" else ""
+    needs += f" and calibration.{dataset}.enabled: true" if dataset != "digits" else ""
+    return Comparison(spec, table, metric, {"loss": "ce", "detector": "spc"}, {"loss": "ce", "detector": "msp"}, needs)
+
+
 def comparisons(noise_rates: Sequence[float] = (0.4,)) -> tuple[Comparison, ...]:
     """Every claim of a run whose label-noise table uses ``noise_rates``, in table order."""
     out = (
@@ -99,6 +115,15 @@ def comparisons(noise_rates: Sequence[float] = (0.4,)) -> tuple[Comparison, ...]
             "main", "id_ece", {"loss": "focal", "variant": "raw"}, {"loss": "ce", "variant": "raw"},
             "'focal' and 'ce' in calibration.losses",
         ),
+        Comparison(
+            ClaimSpec(id="focal_vs_ce_id_ece_waveforms",
+                      claim="Focal loss improves ECE over cross-entropy on the waveform digits",
+                      paper=PAPERS["focal"], metric="id_ece", method="focal (raw)", baseline="ce (raw)",
+                      expected="decrease", range=SHARE,
+                      note="second dataset: generated 1-D waveform digits, test set, before temperature scaling"),
+            "waveforms", "id_ece", {"loss": "focal", "variant": "raw"}, {"loss": "ce", "variant": "raw"},
+            "'focal' and 'ce' in calibration.losses and calibration.waveforms.enabled: true",
+        ),
         *(_label_noise_comparison(kind, rate) for kind in NOISE_KINDS for rate in noise_rates),
         Comparison(
             ClaimSpec(id="aggregate_vs_majority_shift_ece",
@@ -116,6 +141,14 @@ def comparisons(noise_rates: Sequence[float] = (0.4,)) -> tuple[Comparison, ...]
             "anyloss", "f1", {"loss": "anyloss_f1"}, {"loss": "bce"},
             "'anyloss_f1' and 'bce' in calibration.anyloss.losses",
         ),
+        _spc_comparison("error_auroc", "detects errors",
+                        "ce-trained MLP, frozen; AUROC of the uncertainty for wrong predictions on the clean test set; "
+                        "the residual head is fit on the validation split"),
+        _spc_comparison("shift_auroc", "separates shifted from clean inputs",
+                        "ce-trained MLP, frozen; AUROC of clean test vs every shifted test set pooled"),
+        _spc_comparison("error_auroc", "detects errors",
+                        "ce-trained MLP on the waveform digits, frozen; AUROC for wrong test predictions",
+                        dataset="waveforms"),
         *(_lm_comparison(objective) for objective in OBJECTIVES),
     )  # fmt: skip
     check_specs(c.spec for c in out)
@@ -151,6 +184,9 @@ def claim_rows(results: Any, noise_rates: Sequence[float] = (0.4,)) -> list[dict
     (or any object with ``main``, ``robustness``, ``soft_labels``, ``anyloss`` and ``lm``)."""
     tables = {
         "main": results.main.main if results.main is not None else None,
+        "detection": results.main.detection if results.main is not None else None,
+        "waveforms": results.waveforms.main if results.waveforms is not None else None,
+        "waveforms_detection": results.waveforms.detection if results.waveforms is not None else None,
         "robustness": results.robustness,
         "soft_labels": results.soft_labels,
         "anyloss": results.anyloss,

@@ -23,6 +23,8 @@ __all__ = [
     "AnnotatorSettings",
     "AnyLossSettings",
     "LMSettings",
+    "SPCSettings",
+    "WaveformSettings",
     "LM_POOLS",
     "MAIN_LOSSES",
     "SOFT_VARIANTS",
@@ -140,6 +142,44 @@ class AnyLossSettings(Section):
         self.check_range("batch_size", 1, None)
 
 
+@dataclass(frozen=True)
+class SPCSettings(Section):
+    """The SPC detector's residual head (``trustlab.calibration.detectors.SPC``), fit on the
+    validation split of each (loss, seed) model."""
+
+    SECTION = "calibration.spc"
+    hidden: int = 32
+    steps: int = 300  # full-batch Adam steps on the validation split
+    lr: float = 1e-2
+    weight_decay: float = 1e-4
+
+    def validate(self) -> None:
+        self.check_range("hidden", 1, None)
+        self.check_range("steps", 1, None)
+        self.check_range("lr", 0, None, lo_open=True)
+        self.check_range("weight_decay", 0, None)
+
+
+@dataclass(frozen=True)
+class WaveformSettings(Section):
+    """The second main-table dataset: generated 1-D waveform digits (``data.make_waveforms``).
+    Same losses, seeds, model and lr as the digits table; temperature scaling only (CA needs
+    image views) and no shifted sets."""
+
+    SECTION = "calibration.waveforms"
+    enabled: bool = True
+    n_samples: int = 4000  # generated once (seed 0), then split by each seed
+    length: int = 40
+    n_train: int | None = 800  # a stratified subset of the training part
+    epochs: int = 60
+
+    def validate(self) -> None:
+        self.check_range("n_samples", 100, None)
+        self.check_range("length", 8, None)
+        self.check_range("n_train", 20, None)
+        self.check_range("epochs", 1, None)
+
+
 LM_POOLS = ["world_qa/qa_train", "world_qa/qa_heldout", "world_qa/new_facts", "arithmetic/test", "arithmetic/ood"]
 
 
@@ -202,7 +242,8 @@ class CalibrationConfig(Section):
     lr: float = 1e-2
     batch_size: int = 32
     weight_decay: float = 0.0
-    threads: int = 1
+    threads: int = 1  # torch threads of a serial run (workers = 1); each worker process uses one
+    workers: int = 0  # processes for the independent (loss, seed) runs: 0 = every core, 1 = serial
     enable_progress_bar: bool | None = None  # None: trustlab.core.progress decides
     # evaluation
     shifts: list[str] = field(default_factory=lambda: list(SHIFTS))
@@ -210,6 +251,9 @@ class CalibrationConfig(Section):
     n_bins: int = 15
     ts_max_iter: int = 100
     calibrators: list[str] = field(default_factory=lambda: ["ts", "ca"])
+    detectors: list[str] = field(default_factory=lambda: ["msp", "entropy", "spc"])  # error detectors, raw model
+    spc: SPCSettings = field(default_factory=SPCSettings)
+    waveforms: WaveformSettings = field(default_factory=WaveformSettings)
     # sub-tables
     ca: CASettings = field(default_factory=CASettings)
     noise: NoiseSettings = field(default_factory=NoiseSettings)
@@ -247,6 +291,17 @@ class CalibrationConfig(Section):
         self.check_range("n_bins", 2, 100)
         self.check_range("ts_max_iter", 1, None)
         self.check_subset("calibrators", CALIBRATORS.names(), nonempty=False)
+        self.check_range("workers", 0, 256)
+        from trustlab.calibration.detectors import DETECTORS  # torch: kept out of the module import
+
+        self.check_subset("detectors", DETECTORS.names(), nonempty=False)
+
+    def detector_params(self, name: str, seed: int) -> dict[str, float]:
+        """Keyword arguments of detector ``name``: the ``spc`` settings it accepts, and the seed."""
+        from trustlab.calibration.detectors import DETECTORS
+
+        values = {**self.spc.to_dict(), "seed": seed}
+        return {k: v for k, v in values.items() if k in DETECTORS.parameters(name)}
 
     def hparams_for(self, loss: str) -> dict[str, float]:
         """The loss's full hyperparameters: registry defaults with this config's overrides."""

@@ -29,6 +29,8 @@ __all__ = [
     "Split",
     "load_digits_split",
     "load_breast_cancer_split",
+    "make_waveforms",
+    "load_waveforms_split",
     "IndexedDataset",
     "shift_images",
     "shifted_test_sets",
@@ -132,6 +134,69 @@ def load_breast_cancer_split(seed: int, val_frac: float = 0.2, test_frac: float 
     z = ((x - mu) / sd).astype(np.float32)
     return Split(z[tr], y[tr], z[va], y[va], z[te], y[te], num_classes=2,
                  meta={"dataset": "sklearn.load_breast_cancer", "seed": seed})
+
+
+# -- 1-D waveform digits (a second, larger 10-class set, generated here) ---------------------------
+
+# Each class is a smooth 1-D curve: a sum of Gaussian bumps (centre, width, height) on [0, 1].
+# The shapes are our own; what matters is that classes overlap once the curves are scaled,
+# sheared, translated and noised, so that a small MLP makes frequent errors.
+WAVE_TEMPLATES = (
+    ((0.5, 0.25, 1.0),),
+    ((0.3, 0.08, 1.0), (0.7, 0.08, -1.0)),
+    ((0.25, 0.1, 1.0), (0.5, 0.1, 1.0), (0.75, 0.1, 1.0)),
+    ((0.3, 0.12, -1.0), (0.7, 0.12, 1.0)),
+    ((0.2, 0.06, 1.0), (0.6, 0.2, -0.6)),
+    ((0.5, 0.06, 1.2), (0.5, 0.3, -0.5)),
+    ((0.35, 0.15, 1.0), (0.75, 0.05, 0.8)),
+    ((0.15, 0.2, -0.8), (0.65, 0.1, 1.0)),
+    ((0.3, 0.05, 1.0), (0.5, 0.05, -1.0), (0.7, 0.05, 1.0)),
+    ((0.5, 0.15, -1.0), (0.85, 0.06, 0.7)),
+)
+
+
+def _template(k: int, t: np.ndarray) -> np.ndarray:
+    return sum(h * np.exp(-0.5 * ((t - c) / w) ** 2) for c, w, h in WAVE_TEMPLATES[k])
+
+
+def make_waveforms(n: int, length: int = 40, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` noisy 1-D digits (``length`` points, 10 balanced classes), in the spirit of MNIST-1D.
+
+    Per sample: the class template, evaluated on a sheared and translated time axis
+    (``t' = t + shift + shear * (t - 1/2)``, shift ~ U(-0.25, 0.25), shear ~ U(-0.3, 0.3)),
+    scaled by ~ U(0.6, 1.4), plus a random linear trend, correlated noise (white noise smoothed
+    by a Gaussian of 2 points, std 0.25) and iid noise (std 0.05); then standardised with the
+    whole set's mean and std. A pure function of its arguments; no download."""
+    g = rng(seed)
+    y = np.repeat(np.arange(10), -(-n // 10))[:n]
+    y = y[g.permutation(n)]
+    t = np.linspace(0.0, 1.0, length)
+    shift = g.uniform(-0.25, 0.25, (n, 1))
+    shear = g.uniform(-0.3, 0.3, (n, 1))
+    scale = g.uniform(0.6, 1.4, (n, 1))
+    trend = g.uniform(-0.3, 0.3, (n, 1)) * (t - 0.5)
+    tt = t + shift + shear * (t - 0.5)
+    x = np.stack([_template(int(k), tt[i]) for i, k in enumerate(y)]) * scale + trend
+    # smoothing white noise with a 2-point Gaussian halves its std: x2 brings it back to about 0.25
+    x += 0.5 * ndimage.gaussian_filter1d(g.normal(size=(n, length)), 2.0, axis=1)
+    x += 0.05 * g.normal(size=(n, length))
+    x = (x - x.mean()) / x.std()
+    return x.astype(np.float32), y.astype(np.int64)
+
+
+def load_waveforms_split(seed: int, n_samples: int = 4000, length: int = 40, val_frac: float = 0.2,
+                         test_frac: float = 0.3, n_train: int | None = None) -> Split:  # fmt: skip
+    """The waveform set (generated once with seed 0, like a fixed dataset) split stratified by
+    ``seed``; ``n_train`` keeps a stratified subset of the training part."""
+    from sklearn.model_selection import train_test_split
+
+    x, y = make_waveforms(n_samples, length, seed=0)
+    tr, va, te = _stratified_three_way(y, val_frac, test_frac, seed)
+    if n_train is not None and n_train < len(tr):
+        tr, _ = train_test_split(tr, train_size=n_train, stratify=y[tr], random_state=seed + 2)
+        tr = np.sort(tr)
+    return Split(x[tr], y[tr], x[va], y[va], x[te], y[te], num_classes=10,
+                 meta={"dataset": "waveforms", "seed": seed})
 
 
 class IndexedDataset(Dataset):

@@ -29,7 +29,7 @@ from trustlab.reporting.outputs import StageOutputs
 __all__ = ["RunLogger", "findings", "headline", "log_summary", "stage_outputs", "timing"]
 
 # the models of each per-seed table: its rows with these keys share one training run
-MODEL_KEYS = {"main": ["loss", "seed"], "robustness": ["loss", "noise", "rate", "seed"],
+MODEL_KEYS = {"main": ["loss", "seed"], "waveforms": ["loss", "seed"], "robustness": ["loss", "noise", "rate", "seed"],
               "soft_labels": ["labels", "seed"], "anyloss": ["loss", "seed"]}  # fmt: skip
 
 
@@ -39,14 +39,16 @@ def _slug(text: Any) -> str:
 
 def _per_seed_tables(results: Results) -> dict[str, pd.DataFrame]:
     main = results.main.main if results.main is not None else pd.DataFrame()
-    return {"main": main, "robustness": results.robustness, "soft_labels": results.soft_labels,
+    waves = results.waveforms.main if results.waveforms is not None else pd.DataFrame()
+    return {"main": main, "waveforms": waves, "robustness": results.robustness, "soft_labels": results.soft_labels,
             "anyloss": results.anyloss}  # fmt: skip
 
 
 def headline(results: Results, claims: Sequence[Mapping[str, Any]]) -> dict[str, float]:
     """Flat, readable headline numbers (means over seeds):
     ``<loss>_id_acc``, ``<loss>[_ts|_ca]_id_ece``, ``<loss>[_ts|_ca]_shift_ece``, ``<loss>_shift_acc``;
-    ``noise_<kind>_<pct>_<loss>_acc``; ``soft_<labels>_[id|shift]_ece``; ``anyloss_<loss>_[f1|ece]``;
+    ``detect_ce_<detector>_[error|shift]_auroc``;
+    ``waveforms_<loss>_id_acc``, ``waveforms_<loss>[_ts]_id_ece``; ``noise_<kind>_<pct>_<loss>_acc``; ``soft_<labels>_[id|shift]_ece``; ``anyloss_<loss>_[f1|ece]``;
     ``lm_<method>_ece`` / ``lm_<method>_temperature`` / ``lm_acc`` / ``lm_raw_conf`` (pooled test
     items); ``claims_<verdict>`` counts."""
     out: dict[str, float] = {}
@@ -62,6 +64,20 @@ def headline(results: Results, claims: Sequence[Mapping[str, Any]]) -> dict[str,
             out[f"{tag}_id_ece"] = r["id_ece"]
             if "shift_ece" in r:
                 out[f"{tag}_shift_ece"] = r["shift_ece"]
+    waves = results.waveforms.main if results.waveforms is not None else None
+    if waves is not None and not waves.empty:
+        m = waves.groupby(["loss", "variant"], sort=False).mean(numeric_only=True)
+        for (loss, variant), r in m.iterrows():
+            if variant == "raw":
+                out[f"waveforms_{loss}_id_acc"] = r["id_acc"]
+            out[f"waveforms_{loss if variant == 'raw' else f'{loss}_{variant}'}_id_ece"] = r["id_ece"]
+    det = results.main.detection if results.main is not None else None
+    if det is not None and not det.empty:
+        g = det[det["loss"] == "ce"].groupby("detector", sort=False)[["error_auroc", "shift_auroc"]].mean()
+        for name, r in g.iterrows():
+            out[f"detect_ce_{name}_error_auroc"] = r["error_auroc"]
+            if np.isfinite(r["shift_auroc"]):
+                out[f"detect_ce_{name}_shift_auroc"] = r["shift_auroc"]
     rob = results.robustness
     if rob is not None and not rob.empty:
         g = rob[rob["variant"] == "raw"].groupby(["noise", "rate", "loss"], sort=False)["id_acc"].mean()
@@ -118,6 +134,19 @@ def findings(results: Results, claims: Sequence[Mapping[str, Any]]) -> str:
         acc = main[main["variant"] == "raw"].groupby("loss")["id_acc"].mean()
         lines.append(f"- Clean test accuracy of the raw models ranges {acc.min():.3f} ({acc.idxmin()}) to "
                      f"{acc.max():.3f} ({acc.idxmax()}): errors are frequent enough to measure calibration.")
+    det = results.main.detection if results.main is not None else None
+    if det is not None and not det.empty:
+        g = det.groupby("detector", sort=False)[["error_auroc", "shift_auroc"]].mean()
+        parts = [f"{name} {r['error_auroc']:.3f}" + (f" (shift {r['shift_auroc']:.3f})" if np.isfinite(r["shift_auroc"])
+                                                    else "") for name, r in g.iterrows()]  # fmt: skip
+        lines.append("- Error-detection AUROC of the raw models, mean over losses and seeds: " + "; ".join(parts) + ".")
+    waves = results.waveforms.main if results.waveforms is not None else None
+    if waves is not None and not waves.empty:
+        acc = waves[waves["variant"] == "raw"].groupby("loss")["id_acc"].mean()
+        ece = waves.groupby("variant", sort=False)["id_ece"].mean()
+        lines.append(f"- Waveform digits: clean test accuracy ranges {acc.min():.3f} ({acc.idxmin()}) to "
+                     f"{acc.max():.3f} ({acc.idxmax()}); mean ECE over losses "
+                     + ", ".join(f"{tb.VARIANT_LABELS.get(v, v)} {e:.3f}" for v, e in ece.items()) + ".")
     lm = results.lm
     if lm is not None and not lm.table.empty:
         pooled = lm.table[lm.table["pool"] == "all"].groupby("method", sort=False)[["ece", "temperature", "acc"]].mean()
@@ -129,9 +158,18 @@ def findings(results: Results, claims: Sequence[Mapping[str, Any]]) -> str:
 
 
 def timing(results: Results) -> dict[str, Any]:
-    """Every wall time of the run: seconds per part, and per table the training seconds of
-    each model (mean over seeds per loss / label source) and their total."""
+    """Every wall time of the run: seconds per part, CPU seconds per part (workers included) and
+    the cores they kept busy (cpu / wall), and per table the training seconds of each model
+    (mean over seeds per loss / label source) and their total."""
     out: dict[str, Any] = {"part_seconds": dict(results.seconds)}
+    if results.cpu_seconds:
+        out["part_cpu_seconds"] = dict(results.cpu_seconds)
+        out["part_cores_used"] = {k: v / results.seconds[k] for k, v in results.cpu_seconds.items()
+                                  if results.seconds.get(k, 0) > 0}  # fmt: skip
+        wall, cpu = sum(results.seconds.values()), sum(results.cpu_seconds.values())
+        # the parts together (write_outputs adds the whole stage's wall time as stage_seconds)
+        out["parts_seconds"], out["parts_cpu_seconds"] = wall, cpu
+        out["parts_cores_used"] = cpu / wall if wall > 0 else float("nan")
     for name, df in _per_seed_tables(results).items():
         if df is None or df.empty or "train_seconds" not in df.columns:
             continue
@@ -164,8 +202,19 @@ def stage_outputs(results: Results, claims: Sequence[Mapping[str, Any]], config:
         if not mt.per_shift.empty:
             plots["per_shift"] = mt.per_shift
         plots["ece_vs_severity"] = sev
+        if not mt.detection.empty:
+            summaries["detection"] = tb.summarize(mt.detection, ["loss", "detector"]).to_dict(orient="records")
+            plots["detection"] = mt.detection
         if not mt.bins.empty:
             plots["reliability"] = mt.bins
+    wt = results.waveforms
+    if wt is not None and not wt.main.empty:
+        summaries["waveforms"] = tb.summarize(wt.main, ["loss", "variant"]).to_dict(orient="records")
+        plots["waveforms"] = tb.without_timing(wt.main)
+        if not wt.detection.empty:
+            det = wt.detection.dropna(axis=1, how="all")  # no shifted sets: no shift AUROC
+            summaries["waveforms_detection"] = tb.summarize(det, ["loss", "detector"]).to_dict(orient="records")
+            plots["waveforms_detection"] = det
     rob = results.robustness
     if rob is not None and not rob.empty:
         summaries["robustness"] = tb.robustness_summary(rob, mt.main if mt is not None else None).to_dict(

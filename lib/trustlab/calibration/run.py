@@ -8,12 +8,19 @@ run per (loss, seed) without this module knowing about W&B. The tables land in o
 
 * :func:`run_main_table`: loss x {raw, each calibrator} x seed with ``id_<metric>`` (clean
   test set) and ``shift_<metric>`` (averaged over every shift and severity), plus a per-shift
-  table and reliability-diagram bins for the first seed.
+  table, reliability-diagram bins for the first seed and the single-pass detectors' AUROCs
+  (:mod:`.detectors`) of each raw model.
 * :func:`run_robustness`: loss x label-noise kind x rate x seed (raw and +TS).
 * :func:`run_soft_labels`: label source (majority vote CE, vote / aggregate soft-label KL, ...)
   x seed, in-distribution and shifted.
 * :func:`run_anyloss`: binary losses on breast cancer x seed.
 * :func:`run_lm`: the base language model's answer-level calibration (:mod:`.lm`).
+
+Every trained model is one :class:`ModelTask`; ``cfg.workers`` processes run the tasks of a
+table (:func:`trustlab.core.parallel.run_tasks`), each seeding itself, and the rows come back in
+plan order, so the tables do not depend on the number of workers. ``on_run`` is called in this
+process, in plan order, once a table's tasks are done. :class:`PartClock` measures each part's
+wall and CPU seconds (worker processes included).
 
 Per-seed rows carry ``train_seconds`` / ``eval_seconds`` (:data:`TIMING_COLUMNS`): the
 report moves them to ``timing.json`` and keeps them out of every table.
@@ -22,6 +29,7 @@ report moves them to ``timing.json`` and keeps them out of every table.
 from __future__ import annotations
 
 import os
+import resource
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -40,16 +48,19 @@ from trustlab.calibration.data import (
     ca_views,
     load_breast_cancer_split,
     load_digits_split,
+    load_waveforms_split,
     majority_vote,
     shifted_test_sets,
     simulate_annotators,
     soft_labels,
 )
+from trustlab.calibration.detectors import DETECTORS, auroc
 from trustlab.calibration.losses import build_loss
 from trustlab.calibration.metrics import METRIC_NAMES, binary_metrics, calibration_bins, evaluate
 from trustlab.calibration.models import build_model
-from trustlab.calibration.module import FitResult, fit, predict_logits
-from trustlab.core.progress import progress
+from trustlab.calibration.module import FitResult, fit, predict_logits, predict_logits_features
+from trustlab.core.parallel import run_tasks
+from trustlab.core.registry import Registry
 from trustlab.core.seeding import seed_everything, set_threads
 
 __all__ = [
@@ -58,13 +69,16 @@ __all__ = [
     "TIMING_COLUMNS",
     "ROBUSTNESS_CALIBRATORS",
     "MainTables",
+    "PartClock",
     "Results",
     "SeedData",
     "calibrator_names",
     "prepare_seed",
+    "DATASETS",
     "train_one",
     "fit_calibrators",
     "evaluate_model",
+    "evaluate_detectors",
     "run_main_table",
     "run_robustness",
     "run_soft_labels",
@@ -133,6 +147,34 @@ def prepare_seed(cfg: CalibrationConfig, seed: int) -> SeedData:
         views_test=_views(cfg, split.images_test) if with_views else [],
         views_shifted={k: _views(cfg, x.reshape(-1, 8, 8)) for k, x in shifted.items()} if with_views else {},
     )
+
+
+@dataclass(frozen=True)
+class MainDataset:
+    """A dataset of the main loss comparison: ``settings(cfg)`` is the config its runs use,
+    ``prepare(cfg, seed)`` its :class:`SeedData`."""
+
+    settings: Callable[[CalibrationConfig], CalibrationConfig]
+    prepare: Callable[[CalibrationConfig, int], SeedData]
+
+
+DATASETS: Registry = Registry("main-table dataset")
+DATASETS.register("digits")(MainDataset(settings=lambda cfg: cfg, prepare=prepare_seed))
+
+
+def _waveform_settings(cfg: CalibrationConfig) -> CalibrationConfig:
+    """No image views (CA) and no image shifts on 1-D signals; the waveform table's epochs."""
+    keep = [c for c in cfg.calibrators if not CALIBRATORS.get(c).needs_views]
+    return cfg.replace(calibrators=keep, shifts=[], epochs=cfg.waveforms.epochs)
+
+
+def _prepare_waveforms(cfg: CalibrationConfig, seed: int) -> SeedData:
+    w = cfg.waveforms
+    split = load_waveforms_split(seed, w.n_samples, w.length, cfg.val_frac, cfg.test_frac, w.n_train)
+    return SeedData(seed=seed, split=split, shifted={}, views_val=[], views_test=[])
+
+
+DATASETS.register("waveforms")(MainDataset(settings=_waveform_settings, prepare=_prepare_waveforms))
 
 
 # -- training and evaluation --------------------------------------------------------------------
@@ -213,17 +255,45 @@ def evaluate_model(cfg: CalibrationConfig, model, data: SeedData, y_test: np.nda
     return rows, per_shift, logits
 
 
+# -- detectors ------------------------------------------------------------------------------------
+
+
+def evaluate_detectors(cfg: CalibrationConfig, model, data: SeedData) -> list[dict]:
+    """Every configured detector (:mod:`.detectors`) on the frozen raw model: fit on the
+    validation split, then ``error_auroc`` (clean test errors) and ``shift_auroc`` (clean test
+    vs every shifted test set pooled; NaN without shifts). One row per detector."""
+    sp = data.split
+    z_val, h_val = predict_logits_features(model, sp.x_val)
+    z_id, h_id = predict_logits_features(model, sp.x_test)
+    shifted = [predict_logits_features(model, x) for x in data.shifted.values()]
+    p_val, p_id = z_val.softmax(-1).numpy(), z_id.softmax(-1).numpy()
+    wrong = p_id.argmax(1) != sp.y_test
+    rows = []
+    for name in cfg.detectors:
+        det = DETECTORS.build(name, **cfg.detector_params(name, data.seed)).fit(p_val, h_val.numpy(), sp.y_val)
+        u_id = det.score(p_id, h_id.numpy())
+        row = {"detector": name, "error_auroc": auroc(u_id, wrong), "shift_auroc": float("nan")}
+        if shifted:
+            u_sh = np.concatenate([det.score(z.softmax(-1).numpy(), h.numpy()) for z, h in shifted])
+            is_shifted = np.r_[np.zeros(len(u_id), bool), np.ones(len(u_sh), bool)]
+            row["shift_auroc"] = auroc(np.r_[u_id, u_sh], is_shifted)
+        rows.append(row)
+    return rows
+
+
 # -- main table ---------------------------------------------------------------------------------
 
 
 @dataclass
 class MainTables:
     """``main``: loss x variant x seed; ``per_shift``: + shift x severity; ``bins``: reliability
-    bins (first seed) per loss x variant x split ("id" / "shift" pooled)."""
+    bins (first seed) per loss x variant x split ("id" / "shift" pooled); ``detection``: loss x
+    seed x detector (error and shift AUROC of the raw model)."""
 
     main: pd.DataFrame
     per_shift: pd.DataFrame
     bins: pd.DataFrame
+    detection: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 def _bins_rows(probs, y, n_bins, **keys) -> list[dict]:
@@ -240,37 +310,104 @@ def _flat(rows: Sequence[dict]) -> dict:
     return out
 
 
-def run_main_table(cfg: CalibrationConfig, on_run: OnRun | None = None) -> MainTables:
-    """Train every loss in ``cfg.losses`` for every seed; evaluate raw and every calibrator on
-    the clean test set and on every shifted test set."""
+@dataclass(frozen=True)
+class ModelTask:
+    """One training run of a table: the config, the seed, the loss and, per table, its setting
+    (``noise`` kind and ``rate``, crowd ``labels``; ``with_bins``: keep reliability bins)."""
+
+    cfg: CalibrationConfig
+    seed: int
+    loss: str
+    noise: str = ""
+    rate: float = 0.0
+    labels: str = ""
+    with_bins: bool = False
+    dataset: str = "digits"
+
+
+# per worker process: the split, shifted sets and views of the seeds it has seen (cheap to
+# rebuild, but every loss of a seed would rebuild them)
+_SEED_DATA: dict[tuple[str, int, str], SeedData] = {}
+
+
+def _seed_data(cfg: CalibrationConfig, seed: int, dataset: str = "digits") -> SeedData:
+    key = (repr(cfg), seed, dataset)
+    if key not in _SEED_DATA:
+        if len(_SEED_DATA) >= 4:
+            _SEED_DATA.pop(next(iter(_SEED_DATA)))
+        _SEED_DATA[key] = DATASETS.get(dataset).prepare(cfg, seed)
+    return _SEED_DATA[key]
+
+
+def _main_task(task: ModelTask) -> dict:
+    """Train one (loss, seed) of the main table and evaluate it (runs in a worker process)."""
+    cfg, seed, loss_name = DATASETS.get(task.dataset).settings(task.cfg), task.seed, task.loss
+    data = _seed_data(cfg, seed, task.dataset)
+    sp = data.split
+    res = train_one(cfg, loss_name, seed, sp.x_train, sp.y_train, sp.num_classes)
+    t0 = time.perf_counter()
+    rows, shift_rows, logits = evaluate_model(cfg, res.model, data)
+    eval_s = time.perf_counter() - t0
+    # after the calibrators: the detectors seed their own generators, the table above is unchanged
+    detection = [{"loss": loss_name, "seed": seed, **r} for r in evaluate_detectors(cfg, res.model, data)]
+    bins = []
+    if task.with_bins:
+        y_pool = np.tile(sp.y_test, len(data.shifted))
+        for variant, zz in logits.items():
+            bins += _bins_rows(zz["id"].softmax(-1), sp.y_test, cfg.n_bins, loss=loss_name, variant=variant,
+                               split="id")  # fmt: skip
+            if zz["shift"] is not None:
+                bins += _bins_rows(zz["shift"].softmax(-1), y_pool, cfg.n_bins, loss=loss_name,
+                                   variant=variant, split="shift")  # fmt: skip
+    return {
+        "main": [{"loss": loss_name, "seed": seed, "train_seconds": res.seconds, "eval_seconds": eval_s, **r}
+                 for r in rows],  # fmt: skip
+        "per_shift": [{"loss": loss_name, "seed": seed, **r} for r in shift_rows],
+        "bins": bins,
+        "detection": detection,
+        "logged": {"train_seconds": res.seconds, **_flat(rows),
+                   **{f"{d['detector']}/{k}": d[k] for d in detection for k in ("error_auroc", "shift_auroc")}},
+    }
+
+
+def run_main_table(cfg: CalibrationConfig, on_run: OnRun | None = None, dataset: str = "digits") -> MainTables:
+    """Train every loss in ``cfg.losses`` for every seed on ``dataset`` (:data:`DATASETS`;
+    ``cfg.workers`` processes); evaluate raw and every calibrator on the clean test set and on
+    every shifted test set, and every detector."""
     _set_threads(cfg.threads)
-    main, per_shift, bins = [], [], []
-    for seed in progress(cfg.seeds, desc="seeds"):
-        data = prepare_seed(cfg, seed)
-        sp = data.split
-        for loss_name in progress(cfg.losses, desc=f"losses (seed {seed})"):
-            res = train_one(cfg, loss_name, seed, sp.x_train, sp.y_train, sp.num_classes)
-            t0 = time.perf_counter()
-            rows, shift_rows, logits = evaluate_model(cfg, res.model, data)
-            eval_s = time.perf_counter() - t0
-            for r in rows:
-                main.append({"loss": loss_name, "seed": seed, "train_seconds": res.seconds,
-                             "eval_seconds": eval_s, **r})  # fmt: skip
-            per_shift += [{"loss": loss_name, "seed": seed, **r} for r in shift_rows]
-            if seed == cfg.seeds[0]:
-                y_pool = np.tile(sp.y_test, len(data.shifted))
-                for variant, zz in logits.items():
-                    bins += _bins_rows(zz["id"].softmax(-1), sp.y_test, cfg.n_bins, loss=loss_name, variant=variant,
-                                       split="id")  # fmt: skip
-                    if zz["shift"] is not None:
-                        bins += _bins_rows(zz["shift"].softmax(-1), y_pool, cfg.n_bins, loss=loss_name,
-                                           variant=variant, split="shift")  # fmt: skip
-            if on_run is not None:
-                on_run(loss_name, seed, {"train_seconds": res.seconds, **_flat(rows)})
-    return MainTables(pd.DataFrame(main), pd.DataFrame(per_shift), pd.DataFrame(bins))
+    plan = [ModelTask(cfg, seed, loss, with_bins=seed == cfg.seeds[0], dataset=dataset)
+            for seed in cfg.seeds for loss in cfg.losses]  # fmt: skip
+    outs = run_tasks(_main_task, plan, workers=cfg.workers, desc=f"main table ({dataset})")
+    main, per_shift, bins, detection = [], [], [], []
+    for task, out in zip(plan, outs):  # plan order: the same tables for any number of workers
+        main += out["main"]
+        per_shift += out["per_shift"]
+        bins += out["bins"]
+        detection += out["detection"]
+        if on_run is not None:
+            on_run(task.loss, task.seed, out["logged"])
+    return MainTables(pd.DataFrame(main), pd.DataFrame(per_shift), pd.DataFrame(bins), pd.DataFrame(detection))
 
 
 # -- robustness to label noise -------------------------------------------------------------------
+
+
+def _robustness_sub(cfg: CalibrationConfig) -> CalibrationConfig:
+    sub = cfg.replace(calibrators=[c for c in cfg.calibrators if c in ROBUSTNESS_CALIBRATORS])
+    return sub if cfg.noise.shifted else sub.replace(shifts=[])
+
+
+def _robustness_task(task: ModelTask) -> dict:
+    cfg, seed = task.cfg, task.seed
+    sub = _robustness_sub(cfg)
+    data = _seed_data(sub, seed)
+    sp = data.split
+    y_noisy = add_label_noise(sp.y_train, task.rate, task.noise, sp.num_classes, seed)
+    res = train_one(cfg, task.loss, seed, sp.x_train, y_noisy, sp.num_classes)
+    rows, _, _ = evaluate_model(sub, res.model, data)
+    return {"rows": [{"loss": task.loss, "noise": task.noise, "rate": task.rate, "seed": seed,
+                      "train_seconds": res.seconds, **r} for r in rows],
+            "logged": {"train_seconds": res.seconds, **_flat(rows)}}  # fmt: skip
 
 
 def run_robustness(cfg: CalibrationConfig, on_run: OnRun | None = None) -> pd.DataFrame:
@@ -278,25 +415,15 @@ def run_robustness(cfg: CalibrationConfig, on_run: OnRun | None = None) -> pd.Da
     (validation and test labels stay clean); rows: loss, noise, rate, seed, variant (raw and
     :data:`ROBUSTNESS_CALIBRATORS` when configured), id_* and shift_* metrics."""
     _set_threads(cfg.threads)
-    sub = cfg.replace(calibrators=[c for c in cfg.calibrators if c in ROBUSTNESS_CALIBRATORS])
-    if not cfg.noise.shifted:
-        sub = sub.replace(shifts=[])
-    out = []
-    for seed in progress(cfg.seeds, desc="seeds"):
-        data = prepare_seed(sub, seed)
-        sp = data.split
-        for kind in cfg.noise.kinds:
-            for rate in cfg.noise.rates:
-                y_noisy = add_label_noise(sp.y_train, rate, kind, sp.num_classes, seed)
-                for loss_name in cfg.noise.losses:
-                    res = train_one(cfg, loss_name, seed, sp.x_train, y_noisy, sp.num_classes)
-                    rows, _, _ = evaluate_model(sub, res.model, data)
-                    for r in rows:
-                        out.append({"loss": loss_name, "noise": kind, "rate": rate, "seed": seed,
-                                    "train_seconds": res.seconds, **r})  # fmt: skip
-                    if on_run is not None:
-                        on_run(f"{loss_name}@{kind}{rate:g}", seed, {"train_seconds": res.seconds, **_flat(rows)})
-    return pd.DataFrame(out)
+    plan = [ModelTask(cfg, seed, loss, noise=kind, rate=rate) for seed in cfg.seeds for kind in cfg.noise.kinds
+            for rate in cfg.noise.rates for loss in cfg.noise.losses]  # fmt: skip
+    outs = run_tasks(_robustness_task, plan, workers=cfg.workers, desc="label noise")
+    rows = []
+    for task, out in zip(plan, outs):
+        rows += out["rows"]
+        if on_run is not None:
+            on_run(f"{task.loss}@{task.noise}{task.rate:g}", task.seed, out["logged"])
+    return pd.DataFrame(rows)
 
 
 # -- soft labels from simulated annotators ------------------------------------------------------
@@ -328,54 +455,67 @@ def crowd_targets(cfg: CalibrationConfig, x_train: np.ndarray, y_train: np.ndarr
     return out
 
 
+def _soft_sub(cfg: CalibrationConfig) -> CalibrationConfig:
+    sub = cfg.replace(calibrators=[])
+    return sub if cfg.annotators.epochs is None else sub.replace(epochs=cfg.annotators.epochs)
+
+
+def _soft_task(task: ModelTask) -> dict:
+    cfg, seed = task.cfg, task.seed
+    sub = _soft_sub(cfg)
+    data = _seed_data(sub, seed)
+    sp = data.split
+    t = crowd_targets(cfg, sp.x_train, sp.y_train, sp.num_classes, seed)[task.labels]
+    res = train_one(sub, task.loss, seed, sp.x_train, t, sp.num_classes)
+    rows, _, _ = evaluate_model(sub, res.model, data)
+    hard = t if t.ndim == 1 else t.argmax(1)
+    label_acc = float((hard == sp.y_train).mean())
+    return {"rows": [{"labels": task.labels, "loss": task.loss, "seed": seed, "label_acc": label_acc,
+                      "train_seconds": res.seconds, **{k: v for k, v in r.items() if k != "variant"}}
+                     for r in rows],
+            "logged": {"train_seconds": res.seconds, **_flat(rows)}}  # fmt: skip
+
+
 def run_soft_labels(cfg: CalibrationConfig, on_run: OnRun | None = None) -> pd.DataFrame:
     """Train on crowd-derived targets: hard labels (gold / majority) with ``ce``, soft labels with
     ``soft_kl``; rows: variant (the label source), loss, seed, id_* and shift_* metrics (raw)."""
     _set_threads(cfg.threads)
-    sub = cfg.replace(calibrators=[])
-    if cfg.annotators.epochs is not None:
-        sub = sub.replace(epochs=cfg.annotators.epochs)
-    out = []
-    for seed in progress(cfg.seeds, desc="seeds"):
-        data = prepare_seed(sub, seed)
-        sp = data.split
-        targets = crowd_targets(cfg, sp.x_train, sp.y_train, sp.num_classes, seed)
-        for label_variant, t in targets.items():
-            loss_name = "ce" if t.ndim == 1 else "soft_kl"
-            res = train_one(sub, loss_name, seed, sp.x_train, t, sp.num_classes)
-            rows, _, _ = evaluate_model(sub, res.model, data)
-            hard = t if t.ndim == 1 else t.argmax(1)
-            for r in rows:
-                metrics = {k: v for k, v in r.items() if k != "variant"}
-                out.append({"labels": label_variant, "loss": loss_name, "seed": seed,
-                            "label_acc": float((hard == sp.y_train).mean()), "train_seconds": res.seconds,
-                            **metrics})  # fmt: skip
-            if on_run is not None:
-                on_run(f"soft:{label_variant}", seed, {"train_seconds": res.seconds, **_flat(rows)})
-    return pd.DataFrame(out)
+    hard_sources = ("gold", "majority")  # integer labels -> ce; every other source is a soft label -> soft_kl
+    plan = [ModelTask(cfg, seed, "ce" if v in hard_sources else "soft_kl", labels=v)
+            for seed in cfg.seeds for v in cfg.annotators.variants]  # fmt: skip
+    outs = run_tasks(_soft_task, plan, workers=cfg.workers, desc="soft labels")
+    rows = []
+    for task, out in zip(plan, outs):
+        rows += out["rows"]
+        if on_run is not None:
+            on_run(f"soft:{task.labels}", task.seed, out["logged"])
+    return pd.DataFrame(rows)
 
 
 # -- AnyLoss (binary) ----------------------------------------------------------------------------
+
+
+def _anyloss_task(task: ModelTask) -> dict:
+    cfg, seed, loss_name, a = task.cfg, task.seed, task.loss, task.cfg.anyloss
+    sp = load_breast_cancer_split(seed, cfg.val_frac, cfg.test_frac)
+    seed_everything(seed)
+    model = build_model(sp.x_train.shape[1], 1, hidden=a.hidden, depth=1)
+    loss = build_loss(loss_name, **cfg.hparams_for(loss_name))
+    res = fit(model, loss, sp.x_train, sp.y_train, seed=seed, epochs=a.epochs, lr=a.lr,
+              batch_size=a.batch_size, enable_progress_bar=cfg.enable_progress_bar)  # fmt: skip
+    m = binary_metrics(predict_logits(model, sp.x_test), sp.y_test, cfg.n_bins)
+    return {"loss": loss_name, "seed": seed, "train_seconds": res.seconds, **m}
 
 
 def run_anyloss(cfg: CalibrationConfig, on_run: OnRun | None = None) -> pd.DataFrame:
     """Binary MLP on standardised breast cancer with BCE and the AnyLoss variants; rows: loss,
     seed, test acc / f1 / bacc / gmean / precision / recall / nll / ece / brier."""
     _set_threads(cfg.threads)
-    a = cfg.anyloss
-    out = []
-    for seed in progress(cfg.seeds, desc="seeds"):
-        sp = load_breast_cancer_split(seed, cfg.val_frac, cfg.test_frac)
-        for loss_name in a.losses:
-            seed_everything(seed)
-            model = build_model(sp.x_train.shape[1], 1, hidden=a.hidden, depth=1)
-            loss = build_loss(loss_name, **cfg.hparams_for(loss_name))
-            res = fit(model, loss, sp.x_train, sp.y_train, seed=seed, epochs=a.epochs, lr=a.lr,
-                      batch_size=a.batch_size, enable_progress_bar=cfg.enable_progress_bar)  # fmt: skip
-            m = binary_metrics(predict_logits(model, sp.x_test), sp.y_test, cfg.n_bins)
-            out.append({"loss": loss_name, "seed": seed, "train_seconds": res.seconds, **m})
-            if on_run is not None:
-                on_run(loss_name, seed, {"train_seconds": res.seconds, **m})
+    plan = [ModelTask(cfg, seed, loss) for seed in cfg.seeds for loss in cfg.anyloss.losses]
+    out = run_tasks(_anyloss_task, plan, workers=cfg.workers, desc="AnyLoss")
+    if on_run is not None:
+        for task, row in zip(plan, out):
+            on_run(task.loss, task.seed, {k: v for k, v in row.items() if k not in ("loss", "seed")})
     return pd.DataFrame(out)
 
 
@@ -399,11 +539,39 @@ def run_lm(cfg: CalibrationConfig, items: Sequence[dict], data_dir: str | os.Pat
 # -- everything ---------------------------------------------------------------------------------
 
 
+def _cpu_seconds() -> float:
+    """User + system CPU time of this process and of its finished children (the worker pools)."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+class PartClock:
+    """Wall and CPU seconds per part of the stage: ``with clock("main"): ...``; ``wall`` and
+    ``cpu`` are ``{part: seconds}``, so ``cpu / wall`` is the number of cores a part kept busy."""
+
+    def __init__(self) -> None:
+        self.wall: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}
+
+    def __call__(self, part: str) -> PartClock:
+        self._part = part
+        return self
+
+    def __enter__(self) -> PartClock:
+        self._t0, self._c0 = time.perf_counter(), _cpu_seconds()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.wall[self._part] = time.perf_counter() - self._t0
+        self.cpu[self._part] = _cpu_seconds() - self._c0
+
+
 @dataclass
 class Results:
     """Every table of one run: ``main`` (:class:`MainTables`), ``robustness``, ``soft_labels``,
-    ``anyloss`` (per-seed DataFrames), ``lm`` (None when the LM section is off) and ``seconds``
-    (wall time per part, for ``timing.json``)."""
+    ``anyloss`` (per-seed DataFrames), ``lm`` (None when the LM section is off), ``seconds``
+    (wall time per part) and ``cpu_seconds`` (CPU time per part, workers included), both for
+    ``timing.json``, and ``waveforms`` (the main table on the waveform digits)."""
 
     main: MainTables
     robustness: pd.DataFrame
@@ -411,3 +579,5 @@ class Results:
     anyloss: pd.DataFrame
     lm: lmcal.LMCalibration | None = None
     seconds: dict[str, float] = field(default_factory=dict)
+    cpu_seconds: dict[str, float] = field(default_factory=dict)
+    waveforms: MainTables | None = None  # the main table on the second dataset (None: not run)

@@ -24,6 +24,7 @@ __all__ = [
     "anyloss_table",
     "bins_for",
     "claims_frame",
+    "detection_table",
     "format_summary",
     "hparams_table",
     "lm_pool_summary",
@@ -211,6 +212,15 @@ def anyloss_table(anyl: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
     wanted = ("acc", "f1", "bacc", "gmean", "precision", "recall", "nll", "ece", "brier")
     cols = [c for c in wanted if c in anyl.columns]
     return format_summary(anyl, ["loss"], cols, digits=digits)
+
+
+def detection_table(detection: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
+    """Error-detection AUROC (clean test errors) and shift AUROC (clean vs shifted) per loss and
+    detector, mean ± std over seeds (the raw model, every detector fit on validation only)."""
+    if detection is None or detection.empty:
+        return pd.DataFrame()
+    cols = [c for c in ("error_auroc", "shift_auroc") if detection[c].notna().any()]
+    return format_summary(detection, ["loss", "detector"], cols, digits=digits)
 
 
 def claims_frame(rows: Sequence[dict[str, Any]]) -> pd.DataFrame:

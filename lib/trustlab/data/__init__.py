@@ -1,5 +1,5 @@
-"""Data generators (synthetic world, arithmetic, instruction following, context copy, a
-Python code corpus) and deterministic answer checkers.
+"""Data generators (synthetic world, arithmetic, instruction following, context copy, column
+addition with its steps (scratchpad), a Python code corpus) and deterministic answer checkers.
 
 Entry points: ``generate_all(DataConfig, out_dir)`` (or ``pipelines/generate_data.py``),
 ``load_task(data_dir, task, split)``, ``is_correct(record, response)``,
@@ -12,9 +12,11 @@ from trustlab.data.checkers import (
     classify_qa,
     corrupt_answer,
     extract_answer,
+    first_wrong_step,
     is_abstention,
     is_correct,
     normalize,
+    parse_steps,
 )
 from trustlab.data.config import (
     ArithmeticConfig,
@@ -22,6 +24,7 @@ from trustlab.data.config import (
     ContextCopyConfig,
     DataConfig,
     InstructionsConfig,
+    ScratchpadConfig,
     WorldConfig,
 )
 from trustlab.data.generate import generate_all
@@ -47,10 +50,12 @@ __all__ = [
     "ContextCopyConfig",
     "DataConfig",
     "InstructionsConfig",
+    "ScratchpadConfig",
     "WorldConfig",
     "classify_qa",
     "corrupt_answer",
     "extract_answer",
+    "first_wrong_step",
     "generate_all",
     "is_abstention",
     "is_correct",
@@ -61,6 +66,7 @@ __all__ = [
     "load_task",
     "normalize",
     "pairs",
+    "parse_steps",
     "pretraining_texts",
     "task_splits",
     "verify",

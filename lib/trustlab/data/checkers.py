@@ -16,6 +16,10 @@ Per task:
   stripped, pure punctuation dropped) must number exactly ``n_words`` and a fraction of at
   least ``min_on_topic`` (default 1.0: *every* word) must come from the topic vocabulary.
   Repeated words are allowed.
+- ``scratchpad``: the result after ``answer`` (the last ``; ``-separated part, spaces removed)
+  must equal the record's ``final``; the steps are scored separately, step by step:
+  ``parse_steps`` reads the steps of a response and ``first_wrong_step`` gives the index of
+  the first step that differs from the reference (``None`` when every step is right).
 
 ``classify_qa`` sorts a QA response into ``correct | abstain | hallucination | other``:
 
@@ -37,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from trustlab.data.instructions import TOPICS
+from trustlab.data.scratchpad import FINAL_PREFIX, STEP_SEP
 from trustlab.data.tasks import sub_seed
 from trustlab.data.world import ABSTAIN, VALUES
 
@@ -77,6 +82,8 @@ def extract_answer(task: str, response: str) -> str:
         return " ".join(_words(response))
     if task == "world_qa":
         return norm
+    if task == "scratchpad":
+        return scratchpad_final(response)
     raise KeyError(f"unknown task {task!r}; known tasks are {', '.join(CHECKERS)}")
 
 
@@ -151,11 +158,65 @@ def check_instructions(record: dict[str, Any], response: str, *, min_on_topic: f
     return len(words) == int(record["n_words"]) and on_topic_fraction(record, response) >= min_on_topic - 1e-12
 
 
+# -- scratchpad: steps and result ----------------------------------------------------------
+
+
+def _parts(generated: str) -> list[str]:
+    """The ``; ``-separated parts of a response, each with its spaces removed (empty parts dropped)."""
+    parts = [p.replace(" ", "") for p in " ".join(str(generated or "").split()).split(STEP_SEP.strip())]
+    return [p for p in parts if p]
+
+
+def parse_steps(generated: str) -> list[str]:
+    """The step strings of a scratchpad response, in order: its ``;``-separated parts before
+    the result part (the one starting with ``answer``), with every space removed, so
+    ``" 7+5+0=12; 4+8+1=13; answer 132"`` gives ``["7+5+0=12", "4+8+1=13"]``. A part that is
+    no well-formed step is still returned (it is a wrong step, not a missing one)."""
+    marker = FINAL_PREFIX.strip().lower()
+    steps = []
+    for part in _parts(generated):
+        if part.lower().startswith(marker):
+            break
+        steps.append(part)
+    return steps
+
+
+def scratchpad_final(generated: str) -> str:
+    """The result of a scratchpad response: the part after ``answer`` with spaces and trailing
+    punctuation removed (``""`` when the response has no ``answer`` part)."""
+    marker = FINAL_PREFIX.strip().lower()
+    for part in _parts(generated):
+        if part.lower().startswith(marker):
+            return normalize(part[len(marker):]).replace(" ", "")
+    return ""
+
+
+def first_wrong_step(generated: str, record: dict[str, Any]) -> int | None:
+    """Index (0-based) of the first step of ``generated`` that differs from ``record["steps"]``,
+    or ``None`` when every reference step is reproduced exactly (spaces ignored).
+
+    A missing step counts as wrong: a response that stops after ``k`` correct steps of ``n > k``
+    is wrong at step ``k``. Extra steps after all ``n`` correct ones are wrong at index ``n``.
+    The result is not a step: a response with every step right and a wrong result returns
+    ``None`` here and is wrong by :func:`check_scratchpad`."""
+    reference = [s.replace(" ", "") for s in record["steps"]]
+    steps = parse_steps(generated)
+    for i, ref in enumerate(reference):
+        if i >= len(steps) or steps[i] != ref:
+            return i
+    return len(reference) if len(steps) > len(reference) else None
+
+
+def check_scratchpad(record: dict[str, Any], response: str) -> bool:
+    return scratchpad_final(response) == record["final"]
+
+
 CHECKERS: dict[str, Callable[[dict[str, Any], str], bool]] = {
     "world_qa": check_world_qa,
     "arithmetic": check_arithmetic,
     "instructions": check_instructions,
     "context_copy": check_context_copy,
+    "scratchpad": check_scratchpad,
 }
 
 
@@ -182,7 +243,8 @@ def corrupt_answer(record: dict[str, Any], seed: int = 0, kind: str | None = Non
     concrete value, i.e. a hallucination); arithmetic: one digit changed; context_copy:
     another variable's value from the prompt when one differs, else value + 1;
     instructions: ``kind="off_topic"`` swaps one word for another topic's word,
-    ``kind="count"`` drops or adds a word (default: chosen by the seed).
+    ``kind="count"`` drops or adds a word (default: chosen by the seed); scratchpad: one
+    step's column sum off by one, the later steps and the result carried on consistently from it.
     """
     gen = np.random.default_rng(sub_seed(seed, "corrupt", record.get("id", ""), record.get("prompt", "")))
     task = record["task"]
@@ -221,4 +283,22 @@ def corrupt_answer(record: dict[str, Any], seed: int = 0, kind: str | None = Non
         else:
             raise ValueError(f"kind = {kind!r} is not allowed: choose 'off_topic' or 'count'")
         return " ".join(words)
+    if task == "scratchpad":
+        return _corrupt_scratchpad(record, int(gen.integers(len(record["steps"]))))
     raise KeyError(f"cannot corrupt task {task!r}; checked tasks are {', '.join(CHECKERS)}")
+
+
+def _corrupt_scratchpad(record: dict[str, Any], wrong: int) -> str:
+    """The trajectory with column ``wrong``'s sum off by one; later columns take its carry and
+    the result is read off the (wrong) column sums, so the error propagates as a model's would."""
+    columns = [tuple(int(v) for v in step.replace("=", "+").split("+")) for step in record["steps"]]
+    steps, digits, carry = [], [], 0
+    for i, (x, y, _c, _s) in enumerate(columns):
+        total = x + y + carry
+        if i == wrong:
+            total = total + 1 if total < 19 else total - 1
+        steps.append(f"{x}+{y}+{carry}={total}")
+        digits.append(str(total % 10))
+        carry = total // 10
+    final = (str(carry) if carry else "") + "".join(reversed(digits))
+    return STEP_SEP.join([*steps, FINAL_PREFIX + (final.lstrip("0") or "0")])

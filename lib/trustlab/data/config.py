@@ -166,6 +166,23 @@ class ContextCopyConfig(Section):
 
 
 @dataclass(frozen=True)
+class ScratchpadConfig(Section):
+    SECTION = "data.scratchpad"
+
+    n_train: int = 1500
+    n_test: int = 300
+    digits: tuple[int, int] = (2, 3)
+    """Operand length range (digits, inclusive); one step per column of the longer operand."""
+
+    def validate(self) -> None:
+        self.check_range("n_train", 1)
+        self.check_range("n_test", 0)
+        self.check_range("digits", 1, 18)
+        if self.digits[0] > self.digits[1]:
+            self.fail("digits", "[min, max] with min <= max")
+
+
+@dataclass(frozen=True)
 class CodeCorpusConfig(Section):
     SECTION = "data.code_corpus"
 
@@ -206,10 +223,11 @@ class DataConfig(Section):
     arithmetic: ArithmeticConfig = field(default_factory=ArithmeticConfig)
     instructions: InstructionsConfig = field(default_factory=InstructionsConfig)
     context_copy: ContextCopyConfig = field(default_factory=ContextCopyConfig)
+    scratchpad: ScratchpadConfig = field(default_factory=ScratchpadConfig)
     code_corpus: CodeCorpusConfig = field(default_factory=CodeCorpusConfig)
 
     def validate(self) -> None:
         self.check_range("seed", 0)
         self.check_subset("generators", GENERATORS)
-        for name in ("world", "arithmetic", "instructions", "context_copy", "code_corpus"):
+        for name in ("world", "arithmetic", "instructions", "context_copy", "scratchpad", "code_corpus"):
             getattr(self, name).validate()

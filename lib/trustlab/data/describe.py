@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from trustlab.data import tasks as T
+from trustlab.data.checkers import corrupt_answer, first_wrong_step, parse_steps
 
 STAGE = "00_data"
 
@@ -307,3 +308,16 @@ def headline(counts: pd.DataFrame, info: dict[str, Any], totals: dict[str, Any],
         out["code_corpus_sha256"] = (info["code_corpus"]["corpus_sha256"] or "")[:16]
         out["code_corpus_bytes"] = int(info["code_corpus"]["bytes"] or 0)
     return out
+
+
+def scratchpad_steps(gen_dir: str | os.PathLike, n: int = 3, split: str = "test") -> pd.DataFrame:
+    """The first ``n`` scratchpad records step by step: each step, and where a corrupted
+    trajectory (``corrupt_answer``: one column sum off by one, carried on) first goes wrong
+    according to ``first_wrong_step``."""
+    rows = []
+    for r in T.load_task(gen_dir, "scratchpad", split)[:n]:
+        bad = corrupt_answer(r, seed=0)
+        for i, step in enumerate(r["steps"]):
+            rows.append({"prompt": r["prompt"], "step": i, "reference": step, "corrupted": parse_steps(bad)[i],
+                         "first_wrong_step": first_wrong_step(bad, r), "final": r["final"]})  # fmt: skip
+    return pd.DataFrame(rows)

@@ -13,6 +13,7 @@ from trustlab.data.code_corpus import generate_code_corpus
 from trustlab.data.config import DataConfig
 from trustlab.data.context_copy import generate_context_copy
 from trustlab.data.instructions import generate_instructions
+from trustlab.data.scratchpad import generate_scratchpad
 from trustlab.data.tasks import sub_seed
 from trustlab.data.world import generate_world
 from trustlab.core.io import sha256_bytes, write_json
@@ -23,6 +24,7 @@ GENERATOR_FUNCS = {
     "arithmetic": ("arithmetic", generate_arithmetic),
     "instructions": ("instructions", generate_instructions),
     "context_copy": ("context_copy", generate_context_copy),
+    "scratchpad": ("scratchpad", generate_scratchpad),
     "code_corpus": ("code", generate_code_corpus),
 }
 

@@ -11,6 +11,7 @@ Layout under a data directory (``trustlab.core.paths.data_dir()`` by default)::
     arithmetic/{train,test,ood}.jsonl + manifest.json
     instructions/{train,test}.jsonl + manifest.json
     context_copy/{train,test}.jsonl + manifest.json
+    scratchpad/{train,test}.jsonl  + manifest.json   (column addition with its steps)
     code/files.jsonl               one record per source file (task "code"; split train / val)
     code/manifest.json             + python version, stdlib path, corpus sha256
 
@@ -40,9 +41,10 @@ TASKS: dict[str, tuple[str, tuple[str, ...]]] = {
     "arithmetic": ("arithmetic", ("train", "test", "ood")),
     "instructions": ("instructions", ("train", "test")),
     "context_copy": ("context_copy", ("train", "test")),
+    "scratchpad": ("scratchpad", ("train", "test")),
 }
 CHECKED_TASKS = tuple(TASKS)
-GENERATORS = ("world", "arithmetic", "instructions", "context_copy", "code_corpus")
+GENERATORS = ("world", "arithmetic", "instructions", "context_copy", "scratchpad", "code_corpus")
 
 # Plain text for prompts and answers: letters, digits, single spaces, basic punctuation.
 PLAIN_TEXT = re.compile(r"[A-Za-z0-9.,?:;=+*\-]+( [A-Za-z0-9.,?:;=+*\-]+)*")

@@ -14,7 +14,8 @@ Method background: ``docs/methods/entropy_attention.md``. One file per concept:
 * ``module``      ``EntropyAttentionModule`` (a ``CausalLMModule``), ``EntropyMonitor``
 * ``config``      ``EntropyAttentionConfig`` (the ``entropy_attention:`` params section)
 * ``results``     ``RunResult`` / ``Results``: what the stage produces (plain data)
-* ``run``         the corpus, one training run, the stage, the entropy-measurement overhead
+* ``run``         the corpus (tuning and test windows), one training run, the lambda sweep and
+                  the stage on ``workers`` processes, the entropy-measurement overhead
                   (no matplotlib, no W&B: tracking goes through an ``on_run`` hook)
 * ``claims``      the claims as data (``CLAIMS``) and their rows from the claims engine
 * ``tables``      the DataFrames of the notebook and ``metrics.json``

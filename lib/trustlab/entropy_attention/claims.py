@@ -8,7 +8,9 @@ than two seeds, or whose variants were not run, is a *not evaluated* row.
 Metrics (from :func:`trustlab.entropy_attention.tables.run_metrics`): ``early_norm_entropy`` is
 the mean normalised entropy of the first half of the layers (0 = one-hot, 1 = uniform causal
 attention), ``early_overloaded`` / ``overloaded`` the share of heads above the overload
-threshold in those layers / in all layers, ``val_ppl`` the validation perplexity per byte.
+threshold in those layers / in all layers, ``val_ppl`` the validation perplexity per byte; all
+on the test windows, which the choice of lambda (on the tuning windows) never sees. The
+regularised variants run at the chosen lambda (``Results.chosen_lam``).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import numpy as np
 from trustlab.core.claims import ClaimSpec, check_specs, seed_row, unevaluated_row
 from trustlab.entropy_attention.results import Results
 from trustlab.entropy_attention.tables import runs_frame
+from trustlab.entropy_attention.variants import get_variant
 
 FAMILY = "entropy_attention"
 PAPER = "Jha & Reagen 2025 (arXiv 2501.03489)"
@@ -115,9 +118,10 @@ def _by_seed(df, variant: str, metric: str) -> dict[int, float]:
     return {int(s): float(v) for s, v in zip(d.seed, d[metric])}
 
 
-def claim_row(spec: ClaimSpec, method: dict[int, float], baseline: dict[int, float]) -> dict[str, Any]:
+def claim_row(spec: ClaimSpec, method: dict[int, float], baseline: dict[int, float], extra_note: str = ""
+              ) -> dict[str, Any]:  # fmt: skip
     """One claim from per-seed values of the two variants: seeds where either run has no value
-    (it diverged) are left out and counted in the note."""
+    (it diverged) are left out and counted in the note (``extra_note`` is appended to it)."""
     common = sorted(set(method) & set(baseline))
     seeds = [s for s in common if np.isfinite(method[s]) and np.isfinite(baseline[s])]
     dropped = len(common) - len(seeds)
@@ -128,7 +132,16 @@ def claim_row(spec: ClaimSpec, method: dict[int, float], baseline: dict[int, flo
     if spec.metric == "val_ppl" and seeds:
         rel = float(np.mean([method[s] / baseline[s] - 1 for s in seeds]))
         note += f"; relative {100 * rel:+.1f}%"
+    note += extra_note
     return seed_row(FAMILY, spec, {s: method[s] for s in seeds}, {s: baseline[s] for s in seeds}, note=note)
+
+
+def _lambda_note(spec: ClaimSpec, chosen_lam: float | None) -> str:
+    """The regularizer's lambda, for a claim with a regularised variant on either side."""
+    if chosen_lam is None or not any(get_variant(v).entropy_reg for v in (spec.method, spec.baseline)):
+        return ""
+    off = ": the regularizer off, so no effect" if chosen_lam == 0 else ""
+    return f"; lambda = {chosen_lam:g} (chosen on the tuning windows{off})"
 
 
 def claim_rows(results: Results, specs: tuple[ClaimSpec, ...] = CLAIMS) -> list[dict[str, Any]]:
@@ -142,5 +155,6 @@ def claim_rows(results: Results, specs: tuple[ClaimSpec, ...] = CLAIMS) -> list[
         if missing:
             rows.append(unevaluated_row(FAMILY, spec, f"variant(s) not run: {', '.join(missing)}"))
             continue
-        rows.append(claim_row(spec, _by_seed(df, spec.method, spec.metric), _by_seed(df, spec.baseline, spec.metric)))
+        rows.append(claim_row(spec, _by_seed(df, spec.method, spec.metric), _by_seed(df, spec.baseline, spec.metric),
+                              extra_note=_lambda_note(spec, results.chosen_lam)))  # fmt: skip
     return rows

@@ -1,11 +1,13 @@
 """The ``entropy_attention:`` section of ``params.yaml`` (no torch import: validation is cheap).
 
 Defaults: a CPU-sized setup (byte tokens on Python stdlib source, L = 4, H = 4,
-d = 128, T = 128, batch 16) with few steps, so that the whole default stage fits in about
-12 minutes on a 2-core CPU (see ``steps``). Regularizer: gamma = 0.2 (paper), lam = 0.16 (the
-paper's summed 1e-5 at batch 128 x T 128 as a per-element mean: ``lam = lambda_sum * B * T``),
-theta initialised to 0.5 (unpublished), temperatures to 1 (identity; the paper's 1e-2 / 1e-1
-use an unpublished parametrisation).
+d = 64, T = 64, batch 16), small enough that every run trains until its validation perplexity
+has flattened and the whole default stage fits in about 8 minutes on a 2-core CPU (see
+``steps``). Regularizer: gamma = 0.2 (paper); lambda is chosen from ``lam_sweep`` on the tuning
+half of the validation files (``lam`` is used when the sweep is empty: 0.16, the paper's summed
+1e-5 at batch 128 x T 128 as a per-element mean, ``lam = lambda_sum * B * T``); theta
+initialised to 0.5 (unpublished), temperatures to 1 (identity; the paper's 1e-2 / 1e-1 use an
+unpublished parametrisation).
 """
 
 from __future__ import annotations
@@ -23,25 +25,29 @@ class EntropyAttentionConfig(Section):
     # what to run
     variants: list[str] = field(default_factory=lambda: list(DEFAULT_VARIANTS))
     """Architecture variants (``trustlab.entropy_attention.variants``; ``-noFLN`` removes the final LN)."""
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    """Every variant is trained once per seed (same data order and token budget per seed)."""
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
+    """Every variant is trained once per seed (same data order and token budget per seed); the
+    claims pair the variants by seed, so five seeds or more."""
+    workers: int = 0
+    """Processes training (variant, seed) runs side by side: 0 = all cores, 1 = serial in this
+    process. Results are identical for any value (every run seeds itself)."""
 
     # model
     n_layer: int = 4
     n_head: int = 4
-    n_embd: int = 128
-    block_size: int = 128
+    n_embd: int = 64
+    block_size: int = 64
     """Context length T (training windows are exactly T bytes)."""
     mlp_ratio: float = 4.0
     dropout: float = 0.0
 
     # training (identical for every variant)
-    steps: int = 90
-    """Optimizer steps per run: ~9-23 s per run (90-240 ms/step by variant) on the shared 2-core CPU,
-    so that 12 variants x 3 seeds + the gamma sweep fit in ~10 minutes."""
+    steps: int = 600
+    """Optimizer steps per run: enough for the validation perplexity to flatten (the stage reports
+    its relative change over the last 20% of steps); ~35 ms/step on one core at the default size."""
     batch_size: int = 16
     lr: float = 3e-3
-    warmup_steps: int = 15
+    warmup_steps: int = 30
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.1
     grad_clip: float = 1.0
@@ -53,23 +59,37 @@ class EntropyAttentionConfig(Section):
     gamma: float = 0.2
     """Tolerance as a fraction of Emax = log T; in [0, 1)."""
     lam: float = 0.16
-    """Coefficient of the per-element *mean* penalty (paper's summed lambda x B x T)."""
+    """Coefficient of the per-element *mean* penalty (paper's summed lambda x B x T); used only
+    when ``lam_sweep`` is empty, otherwise the sweep chooses it."""
     theta_init: float = 0.5
     temperature_init: float = 1.0
     selective_beta_init: float = 1.5
     softplus_p: float = 15.0
     softplus_offset: float = 1.0
 
-    # gamma sweep (the regularised variant at each gamma, against top-bin fraction and perplexity)
-    gamma_sweep: list[float] = field(default_factory=lambda: [0.0, 0.1, 0.2, 0.3])
+    # lambda tuning: the regularised variant at each lambda, on tuning seeds, scored on the tuning
+    # half of the validation files (the test half, which the claims use, is never seen)
+    lam_sweep: list[float] = field(default_factory=lambda: [0.0, 0.04, 0.16, 0.64])
+    """Candidate lambdas (0 = the regularizer off: 'no effect' can win). Empty: use ``lam``."""
+    lam_sweep_variant: str = "EReg(SM(t)+ScFuFFN)"
+    tune_seeds: list[int] = field(default_factory=lambda: [100, 101])
+    """Seeds of the tuning runs: fewer than the test seeds, and different from them."""
+
+    # gamma sweep (a diagnostic, not tuning: the regularised variant at each gamma at the chosen
+    # lambda, scored on the test windows; empty by default to keep the stage in budget)
+    gamma_sweep: list[float] = field(default_factory=list)
     gamma_sweep_variant: str = "EReg(SM(t)+ScFuFFN)"
     gamma_sweep_seeds: list[int] = field(default_factory=lambda: [0])
 
     # measurement
-    log_every: int = 10
-    """Entropy is measured on a fixed probe batch every ``log_every`` steps (and at step 0)."""
-    probe_windows: int = 8
+    log_every: int = 25
+    """Entropy and the validation loss are measured on a fixed probe batch (tuning windows) every
+    ``log_every`` steps (and at step 0): the validation curves."""
+    probe_windows: int = 32
     val_windows: int = 96
+    """Test windows (the test half of the validation files): the claims' metrics."""
+    tune_windows: int = 64
+    """Tuning windows (the other half of the validation files): lambda selection and curves."""
     eval_batch_size: int = 32
     overload_threshold: float = 0.95
     """A head is overloaded when its mean entropy > this x the uniform-causal maximum."""
@@ -92,8 +112,9 @@ class EntropyAttentionConfig(Section):
             self.fail("seeds", "at least one seed")
         if len(set(self.seeds)) != len(self.seeds):
             self.fail("seeds", "each seed at most once")
+        self.check_range("workers", 0)
         for key in ("n_layer", "n_head", "n_embd", "block_size", "steps", "batch_size", "log_every",
-                    "probe_windows", "val_windows", "eval_batch_size", "max_train_bytes", "max_val_bytes"):
+                    "probe_windows", "val_windows", "tune_windows", "eval_batch_size", "max_train_bytes", "max_val_bytes"):
             self.check_range(key, 1)
         self.check_range("block_size", 2)
         if self.n_embd % self.n_head:
@@ -109,6 +130,16 @@ class EntropyAttentionConfig(Section):
         self.check_range("gamma", 0, 1, hi_open=True)
         self.check_range("gamma_sweep", 0, 1, hi_open=True)
         self.check_range("lam", 0)
+        self.check_range("lam_sweep", 0)
+        if len(set(self.lam_sweep)) != len(self.lam_sweep):
+            self.fail("lam_sweep", "each lambda at most once")
+        self.check_range("tune_seeds", 0)
+        if self.lam_sweep:
+            self._check_variants("lam_sweep_variant", [self.lam_sweep_variant])
+            if not get_variant(self.lam_sweep_variant).entropy_reg:
+                self.fail("lam_sweep_variant", "a variant with the entropy regularizer (EReg(...))")
+            if not self.tune_seeds or len(set(self.tune_seeds)) != len(self.tune_seeds):
+                self.fail("tune_seeds", "at least one seed, each at most once, when lam_sweep is not empty")
         self.check_range("theta_init", 0, 1)
         self.check_range("temperature_init", 0, lo_open=True)
         self.check_range("softplus_p", 0, lo_open=True)

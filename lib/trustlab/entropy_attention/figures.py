@@ -10,7 +10,14 @@ import numpy as np
 from matplotlib.colors import TwoSlopeNorm
 
 from trustlab.entropy_attention.results import Results, RunResult
-from trustlab.entropy_attention.tables import BIN_LABELS, heatmap_frame, order_variants, history_frame, learned_frames
+from trustlab.entropy_attention.tables import (
+    BIN_LABELS,
+    heatmap_frame,
+    history_frame,
+    learned_frames,
+    order_variants,
+    validation_curve_frame,
+)
 
 
 def _heat(ax, data, title, vmin=None, vmax=None, cmap="viridis", xlabel="head", ylabel="layer", norm=None):
@@ -155,6 +162,62 @@ def plot_gamma_sweep(sweep_df):
         ax.set_xlabel("gamma (tolerance / Emax)")
         ax.set_title(label, fontsize=9)
     fig.suptitle("Gamma sweep", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_validation_curves(results: Results, fraction: float = 0.2):
+    """Validation perplexity of the probe batch (tuning windows) over training, one line per
+    variant (mean over seeds, the seeds faint); the shaded band is the last ``fraction`` of the
+    steps, where the flatness is measured."""
+    df = validation_curve_frame(results)
+    if df.empty:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    last = float(df.step.max())
+    ax.axvspan((1 - fraction) * last, last, color="0.9", label=f"last {fraction:.0%} of steps")
+    for i, v in enumerate(order_variants(df, results.config["variants"])):
+        d = df[df.variant == v]
+        color = f"C{i % 10}"
+        for _, g in d.groupby("seed"):
+            ax.plot(g.step, g.val_ppl, color=color, alpha=0.2, lw=0.8)
+        m = d.groupby("step").val_ppl.mean()
+        ax.plot(m.index, m.values, color=color, label=v)
+    finite = df.val_ppl[np.isfinite(df.val_ppl)]
+    if len(finite):
+        ax.set_ylim(0.95 * finite.min(), min(finite.max(), 2.5 * finite.min()))
+    ax.set_xlabel("step")
+    ax.set_ylabel("validation perplexity (bytes)")
+    ax.set_title("Validation perplexity over training (tuning windows)", fontsize=10)
+    ax.legend(fontsize=7, loc="upper right")
+    fig.tight_layout()
+    return fig
+
+
+def plot_lam_sweep(sweep_df):
+    """Dose-response of the regularizer: lambda against the tuning perplexity and the share of
+    overloaded heads (mean ± std over tuning seeds, each seed grey); the chosen lambda is ringed.
+    Lambda is on a symmetric-log axis so that 0 (regularizer off) is drawn."""
+    if sweep_df is None or sweep_df.empty:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    g = sweep_df.groupby("lam")
+    positive = sweep_df.lam[sweep_df.lam > 0]
+    chosen = sweep_df[sweep_df.chosen].lam.unique()
+    panels = (("tune_ppl", "validation perplexity (tuning windows)"),
+              ("tune_overloaded", "share of overloaded heads (all layers)"))  # fmt: skip
+    for ax, (key, label) in zip(axes, panels):
+        m, sd = g[key].mean(), g[key].std(ddof=1).fillna(0)
+        ax.errorbar(m.index, m.values, yerr=sd.values, marker="o", capsize=3)
+        ax.scatter(sweep_df.lam, sweep_df[key], s=10, color="gray", alpha=0.6)
+        for lam in chosen:
+            ax.scatter([lam], [m.loc[lam]], s=120, facecolors="none", edgecolors="red", label="chosen")
+        if len(positive):
+            ax.set_xscale("symlog", linthresh=float(positive.min()))
+        ax.set_xlabel("lambda")
+        ax.set_title(label, fontsize=9)
+    axes[0].legend(fontsize=7)
+    fig.suptitle("Entropy regularizer: lambda sweep (chosen on the tuning windows)", fontsize=10)
     fig.tight_layout()
     return fig
 

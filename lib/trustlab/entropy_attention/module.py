@@ -9,9 +9,9 @@ divergence detection, and a callback that measures attention entropy on logging 
 * Divergence: a non-finite loss, or one above ``divergence_loss``, is recorded in
   ``module.diverged`` (step, loss, reason); that step's update is skipped and the trainer is
   asked to stop. It never raises.
-* :class:`EntropyMonitor` measures the per-head entropy of a fixed probe batch (eval mode, no
-  gradient) at step 0 and every ``every`` steps, and keeps the time it spent, so the cost of
-  measurement is known (it runs only on logging steps).
+* :class:`EntropyMonitor` measures the per-head entropy and the loss of a fixed probe batch
+  (eval mode, no gradient) at step 0 and every ``every`` steps (the validation curve), and keeps
+  the time it spent, so the cost of measurement is known (it runs only on logging steps).
 """
 
 from __future__ import annotations
@@ -79,10 +79,10 @@ class EntropyAttentionModule(CausalLMModule):
 
 
 class EntropyMonitor(L.Callback):
-    """Entropy of a fixed probe batch at step 0 and every ``every`` optimizer steps.
+    """Entropy and loss of a fixed probe batch at step 0 and every ``every`` optimizer steps.
 
-    ``rows``: one dict per measurement with ``step``, ``layer_mean`` (L,), ``mean`` (L, H) and
-    ``max_uniform``; ``seconds``: total time spent measuring; ``on_record(row)`` is called after
+    ``rows``: one dict per measurement with ``step``, ``probe_loss`` (nats per token),
+    ``layer_mean`` (L,), ``mean`` (L, H) and ``max_uniform``; ``seconds``: total time spent measuring; ``on_record(row)`` is called after
     each measurement (e.g. to log to W&B)."""
 
     def __init__(self, probe_ids: torch.Tensor, every: int, on_record: Callable[[dict], None] | None = None):
@@ -101,10 +101,12 @@ class EntropyMonitor(L.Callback):
         try:
             out = model(self.probe_ids, output_attentions=True)
             stats = attention_entropy(out.attentions)
+            loss = float(causal_lm_loss(out.logits, self.probe_ids))
         finally:
             model.train(was_training)
         row = {
             "step": int(step),
+            "probe_loss": loss,
             "layer_mean": stats.layer_mean.tolist(),
             "mean": stats.mean.tolist(),
             "max_uniform": stats.max_uniform,

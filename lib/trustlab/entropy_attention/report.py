@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import matplotlib.pyplot as plt
@@ -35,6 +36,10 @@ def headline(results: Results, claims: list[dict[str, Any]]) -> dict[str, Any]:
         h[f"{r.variant}/middle_bins"] = r["bin_25-50%"] + r["bin_50-75%"]
         h[f"{r.variant}/overloaded"] = r.overloaded
         h[f"{r.variant}/collapsed"] = r.collapsed
+    h["chosen_lam"] = results.chosen_lam
+    flat = tables.flatness_table(results)
+    if len(flat):
+        h["worst_rel_change_last_20pct"] = float(flat.worst_rel_change.min())  # NaN: too few curve points
     runs = results.all_runs
     h["runs"] = len(runs)
     h["runs_diverged"] = sum(r.status != "ok" for r in runs)
@@ -49,6 +54,9 @@ def timing(results: Results, overhead: Mapping[str, Any] | None) -> dict[str, An
     realised = realised_overhead(results)
     return {
         "training_seconds": results.seconds,
+        "training_cpu_seconds": results.cpu_seconds,
+        "training_cores_used": results.cpu_seconds / results.seconds if results.seconds > 0 else None,
+        "workers": results.workers,
         "train_seconds": realised["train_seconds"],
         "entropy_every_step_ratio": overhead.get("every_step_ratio"),
         "entropy_logging_steps_ratio": overhead.get("amortised_ratio"),
@@ -65,15 +73,18 @@ def stage_outputs(results: Results, claims: list[dict[str, Any]], overhead: Mapp
     theta, temperature = tables.learned_frames(results)
     perplexity, head_bins = tables.perplexity_table(results), tables.head_bin_table(results)
     gamma_sweep = tables.gamma_sweep_table(results)
+    lam_sweep, flatness = tables.lam_sweep_table(results), tables.flatness_table(results)
     return StageOutputs(
         stage=FAMILY,
         headline=headline(results, claims),
         claims=claims,
         tables={"perplexity": perplexity, "head_bins": head_bins, "divergence": div_summary,
-                "divergence_runs": div_runs, "gamma_sweep": gamma_sweep},
+                "divergence_runs": div_runs, "gamma_sweep": gamma_sweep, "lam_sweep": lam_sweep,
+                "flatness": flatness},
         plots={"runs": tables.runs_frame(results), "perplexity": perplexity, "head_bins": head_bins,
                "heatmaps": tables.heatmap_frame(results), "entropy_history": tables.history_frame(results),
-               "gamma_sweep": gamma_sweep, "theta": theta, "temperature": temperature},
+               "gamma_sweep": gamma_sweep, "theta": theta, "temperature": temperature, "lam_sweep": lam_sweep,
+               "validation_curves": tables.validation_curve_frame(results)},
         extra={"corpus": results.corpus, "config": results.config},
         timing=timing(results, overhead),
     )  # fmt: skip
@@ -88,6 +99,21 @@ def findings(results: Results, claims: list[dict[str, Any]], overhead: Mapping[s
     c = results.config
     out = [f"Each run saw {c['steps']} steps x {c['batch_size']} windows x {c['block_size']} tokens "
            f"= {c['steps'] * c['batch_size'] * c['block_size']:,} tokens, with {len(c['seeds'])} seed(s)."]
+    flat = tables.flatness_table(results)
+    if len(flat) and flat.worst_rel_change.notna().any():
+        worst = flat.loc[flat.worst_rel_change.idxmin()]
+        out.append(f"Validation perplexity over the last 20% of the steps changed by {flat.iloc[:, 2].mean():+.1%} on "
+                   f"average over variants (worst run: {worst.worst_rel_change:+.1%}, {worst.variant}).")
+    elif len(flat):
+        out.append("Too few validation-curve points to measure flatness (raise steps or lower log_every).")
+    lam = tables.lam_sweep_table(results)
+    if len(lam):
+        by = lam.groupby("lam")[["tune_ppl", "tune_overloaded"]].mean()
+        steps = "; ".join(f"{k:g}: ppl {r.tune_ppl:.3f}, overloaded {r.tune_overloaded:.0%}" for k, r in by.iterrows())
+        off = " (the regularizer off: its best setting here is no effect)" if results.chosen_lam == 0 else ""
+        out.append(f"Lambda sweep of {c['lam_sweep_variant']} on {len(c['tune_seeds'])} tuning seed(s), tuning "
+                   f"windows: {steps}. Chosen lambda = {results.chosen_lam:g}{off}; the claims use it on the test "
+                   f"windows.")
 
     def early(v: str) -> float | None:
         return bins.loc[v, "early_norm_entropy"] if v in bins.index else None
@@ -165,18 +191,27 @@ class _WandbRunHook:
                 plt.close(fig)
 
 
-def wandb_run_hook(cfg: EntropyAttentionConfig) -> OnRun:
+@dataclass(frozen=True)
+class WandbRunHook:
     """The ``on_run`` hook of :func:`trustlab.entropy_attention.run.run_stage` that opens one W&B
-    run per trained model (named ``<variant>[-gamma<g>]-seed<s>``)."""
+    run per trained model (named ``<variant>[-gamma<g>][-lam<l>]-seed<s>``). A plain picklable
+    object, so worker processes open their own runs."""
+
+    cfg: EntropyAttentionConfig
 
     @contextmanager
-    def on_run(info: RunInfo) -> Iterator[_WandbRunHook]:
+    def __call__(self, info: RunInfo) -> Iterator[_WandbRunHook]:
         extra = {"gamma": f"{info.gamma:g}"} if info.gamma_swept else {}
+        if "lam_sweep" in info.tags:
+            extra["lam"] = f"{info.config['lam_effective']:g}"
         name = run_name(info.variant, info.seed, **extra)
         with start_run(family=FAMILY, job_type="train", name=name, config=info.config, tags=list(info.tags)) as run:
-            yield _WandbRunHook(run, cfg)
+            yield _WandbRunHook(run, self.cfg)
 
-    return on_run
+
+def wandb_run_hook(cfg: EntropyAttentionConfig) -> OnRun:
+    """The W&B ``on_run`` hook for ``cfg`` (see :class:`WandbRunHook`)."""
+    return WandbRunHook(cfg)
 
 
 def log_summary(results: Results, tables_: Mapping[str, Any], figures: Mapping[str, Any],

@@ -1,5 +1,5 @@
 """What the ``entropy_attention`` stage produces: one :class:`RunResult` per trained
-(variant, seed, gamma) and the stage's :class:`Results`. Plain data (no torch), so the tables,
+(variant, seed, gamma, lambda) and the stage's :class:`Results`. Plain data (no torch), so the tables,
 claims and figures can be built and tested from stored numbers alone."""
 
 from __future__ import annotations
@@ -23,14 +23,15 @@ class RunResult:
     monitor_seconds: float
     monitor_calls: int
     eval_seconds: float
-    val_loss: float
+    val_loss: float  # test windows (the claims' half of the validation files)
     val_ppl: float
     val_bpt: float
     max_uniform: float
-    entropy: list  # (L, H) nats, validation windows, eval mode
+    entropy: list  # (L, H) nats, test windows, eval mode
     entropy_norm: list  # (L, H)
     per_query: list  # (L, H, T)
-    history: list  # monitor rows: step, layer_mean (L,), mean (L, H), max_uniform
+    tune: dict  # the same on the tuning windows: val_loss, val_ppl, entropy, entropy_norm (L, H)
+    history: list  # monitor rows: step, probe_loss, layer_mean (L,), mean (L, H), max_uniform
     curve: list  # training curve rows (loss, ce, ent_reg, lr, ...)
     learned: dict  # theta (L, H), temperature (L, H, T), selective_beta, scfu_alpha / beta
 
@@ -50,11 +51,15 @@ class RunResult:
 @dataclass
 class Results:
     config: dict[str, Any]
-    runs: list[RunResult]
+    runs: list[RunResult]  # every (variant, seed); regularised variants at ``chosen_lam``
     sweep: list[RunResult]  # gamma-sweep runs not already among ``runs``
     seconds: float = 0.0
     corpus: dict[str, Any] = field(default_factory=dict)
+    tuning: list[RunResult] = field(default_factory=list)  # the lambda sweep, on the tuning seeds
+    chosen_lam: float | None = None  # the lambda of the regularised variants in ``runs``
+    cpu_seconds: float = 0.0  # CPU time of this process and its workers during the stage
+    workers: int = 1
 
     @property
     def all_runs(self) -> list[RunResult]:
-        return self.runs + self.sweep
+        return self.runs + self.sweep + self.tuning

@@ -1,18 +1,27 @@
-"""Plan, train and evaluate the ``entropy_attention`` stage: every architecture variant on the
-code corpus, then the gamma sweep, and the cost of measuring entropy.
+"""Plan, train and evaluate the ``entropy_attention`` stage: the lambda sweep on tuning seeds,
+every architecture variant on the code corpus at the chosen lambda, the optional gamma sweep,
+and the cost of measuring entropy.
 
 Protocol
 --------
 * **Data**: the data stage's Python-stdlib code corpus (``<data_dir>/generated/code/`` or
   ``<data_dir>/code/``), split by file. Files are taken in manifest order up to
   ``max_train_bytes`` / ``max_val_bytes``, tokenised as bytes (``ByteTokenizer``) and packed into
-  windows of exactly ``block_size`` tokens (no padding).
+  windows of exactly ``block_size`` tokens (no padding). The validation files are split in two,
+  file by file (alternately): *tuning* windows (lambda selection, the validation curves) and
+  *test* windows (every metric of the claims), so tuning never sees the test windows.
+* **Tuning**: the regularised variant at every lambda of ``lam_sweep`` on the ``tune_seeds``;
+  the lambda with the lowest mean tuning perplexity is used by every regularised variant of the
+  main runs (lambda = 0, the regularizer off, is a candidate).
 * **Training**: every variant and seed runs ``steps`` optimizer steps of ``batch_size`` windows
   (the same token budget), with the same seeded data order for a given seed (``lm.training.fit``).
   A non-finite or blown-up loss stops the run and is recorded; it never stops the stage.
-* **Entropy**: measured on a fixed probe batch (the first ``probe_windows`` validation windows)
-  at step 0 and every ``log_every`` steps (eval mode, no gradient), and at the end on every
-  validation window together with the validation loss.
+* **Entropy**: measured with the loss on a fixed probe batch (the first ``probe_windows``
+  tuning windows) at step 0 and every ``log_every`` steps (eval mode, no gradient), and at the
+  end on every tuning and test window together with their validation loss.
+* **Workers**: the runs of each phase are independent tasks for
+  :func:`trustlab.core.parallel.run_tasks`; each worker loads the corpus once and every run
+  seeds itself, so the results do not depend on ``workers``.
 
 Experiment tracking is not done here: :func:`train_run` reports to an optional ``on_run`` hook
 (see :class:`RunHook`; the W&B one is ``report.wandb_run_hook``), so this module runs with
@@ -23,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import resource
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -36,7 +46,7 @@ import torch
 from trustlab.core.io import read_json, read_jsonl
 from trustlab.core.paths import data_dir as default_data_dir
 from trustlab.core.paths import portable
-from trustlab.core.progress import progress
+from trustlab.core.parallel import resolve_workers, run_tasks
 from trustlab.core.seeding import seed_everything
 from trustlab.entropy_attention.config import EntropyAttentionConfig
 from trustlab.entropy_attention.entropy import attention_entropy
@@ -66,11 +76,13 @@ def code_dir(data_dir: str | Path | None) -> Path:
 @dataclass
 class Corpus:
     train: PackedTextDataset
-    val_ids: torch.Tensor  # (N, T)
-    probe_ids: torch.Tensor  # (P, T), the first P validation windows
+    val_ids: torch.Tensor  # (N, T) test windows: the claims' metrics
+    tune_ids: torch.Tensor  # (M, T) tuning windows: lambda selection
+    probe_ids: torch.Tensor  # (P, T), the first P tuning windows: the validation curves
     vocab_size: int
     pad_id: int
     info: dict[str, Any] = field(default_factory=dict)
+    data_dir: str | None = None  # where it was loaded from (workers load it again from there)
 
 
 def _take(rows: list[dict], cap: int) -> list[dict]:
@@ -84,8 +96,23 @@ def _take(rows: list[dict], cap: int) -> list[dict]:
     return out
 
 
+def _all_windows(tok: ByteTokenizer, texts: list[str], T: int) -> torch.Tensor:
+    packed = PackedTextDataset(tok, texts, T)
+    every = [it["input_ids"] for it in packed.items if len(it["input_ids"]) == T]
+    return torch.tensor(every, dtype=torch.long) if every else torch.zeros(0, T, dtype=torch.long)
+
+
+def _spread(every: torch.Tensor, n: int) -> torch.Tensor:
+    """Up to ``n`` windows spread evenly over ``every``."""
+    if len(every) == 0:
+        return every
+    idx = np.unique(np.linspace(0, len(every) - 1, min(n, len(every))).round().astype(int))
+    return every[torch.as_tensor(idx)]
+
+
 def load_corpus(cfg: EntropyAttentionConfig, data_dir: str | Path | None = None) -> Corpus:
-    """Train windows, evaluation windows and the probe batch from the code corpus."""
+    """Train windows, test and tuning windows (the validation files split alternately, file by
+    file) and the probe batch from the code corpus."""
     directory = code_dir(data_dir)
     rows = read_jsonl(directory / "files.jsonl")
     train_files = _take([r for r in rows if r["split"] == "train"], cfg.max_train_bytes)
@@ -98,30 +125,38 @@ def load_corpus(cfg: EntropyAttentionConfig, data_dir: str | Path | None = None)
     train = PackedTextDataset(tok, [r["text"] for r in train_files], T)
     n_train = max(1, min(len(train.items), cfg.max_train_bytes // T))
     train.items = train.items[:n_train]
-    val = PackedTextDataset(tok, [r["text"] for r in val_files], T)
-    val_all = torch.tensor([it["input_ids"] for it in val.items if len(it["input_ids"]) == T], dtype=torch.long)
-    if len(val_all) == 0:
-        raise ValueError(f"the validation files hold fewer than block_size = {T} tokens")
-    # evaluation windows spread over the whole validation stream
-    idx = np.unique(np.linspace(0, len(val_all) - 1, min(cfg.val_windows, len(val_all))).round().astype(int))
-    val_ids = val_all[torch.as_tensor(idx)]
-    probe_ids = val_ids[: min(cfg.probe_windows, len(val_ids))]
+    if len(val_files) >= 2:  # alternately, file by file: no file feeds both halves
+        test_files, tune_files = val_files[0::2], val_files[1::2]
+        test_all = _all_windows(tok, [r["text"] for r in test_files], T)
+        tune_all = _all_windows(tok, [r["text"] for r in tune_files], T)
+    else:  # one validation file (tiny corpora): its first half tunes, its second half tests
+        test_files, tune_files = val_files, val_files
+        every = _all_windows(tok, [val_files[0]["text"]], T)
+        tune_all, test_all = every[: len(every) // 2], every[len(every) // 2 :]
+    val_ids = _spread(test_all, cfg.val_windows)
+    tune_ids = _spread(tune_all, cfg.tune_windows)
+    if len(val_ids) == 0 or len(tune_ids) == 0:
+        raise ValueError(f"the test or tuning validation files hold fewer than block_size = {T} tokens")
+    probe_ids = tune_ids[: min(cfg.probe_windows, len(tune_ids))]
     manifest = directory / "manifest.json"
     info = {
         "code_dir": portable(directory),
         "corpus_sha256": (read_json(manifest).get("source") or {}).get("corpus_sha256") if manifest.exists() else None,
         "train_files": len(train_files),
         "val_files": len(val_files),
+        "test_files": len(test_files),
+        "tune_files": len(tune_files),
         "train_bytes": sum(r["n_bytes"] for r in train_files),
         "val_bytes": sum(r["n_bytes"] for r in val_files),
         "train_windows": len(train.items),
         "val_windows": int(len(val_ids)),
+        "tune_windows": int(len(tune_ids)),
         "probe_windows": int(len(probe_ids)),
         "tokens_per_run": cfg.steps * cfg.batch_size * T,
         "epochs_per_run": cfg.steps * cfg.batch_size / max(len(train.items), 1),
     }
-    return Corpus(train=train, val_ids=val_ids, probe_ids=probe_ids, vocab_size=tok.vocab_size, pad_id=tok.pad_id,
-                  info=info)
+    return Corpus(train=train, val_ids=val_ids, tune_ids=tune_ids, probe_ids=probe_ids, vocab_size=tok.vocab_size,
+                  pad_id=tok.pad_id, info=info, data_dir=None if data_dir is None else str(data_dir))
 
 
 # -- one run ------------------------------------------------------------------------------------
@@ -228,15 +263,17 @@ def train_run(
     seed: int,
     *,
     gamma: float | None = None,
+    lam: float | None = None,
     lr: float | None = None,
     on_run: OnRun | None = None,
     tags: tuple[str, ...] = (),
 ) -> RunResult:
-    """Train one variant from scratch with one seed and evaluate it. Divergence (or a numerical
-    error in training) is recorded in the result and never raised."""
+    """Train one variant from scratch with one seed and evaluate it (``lam``: the regularizer's
+    coefficient, ``cfg.lam`` when None; ignored by a variant without the regularizer).
+    Divergence (or a numerical error in training) is recorded in the result and never raised."""
     v = get_variant(variant)
     g = cfg.gamma if gamma is None else float(gamma)
-    lam = cfg.lam if v.entropy_reg else 0.0
+    lam = (cfg.lam if lam is None else float(lam)) if v.entropy_reg else 0.0
     seed_everything(seed)
     model = build_model(v, gamma=g, theta_init=cfg.theta_init, **model_kwargs(cfg, corpus.vocab_size))
     module = EntropyAttentionModule(
@@ -271,6 +308,7 @@ def train_run(
             status, reason = "diverged", module.diverged["reason"]
         t1 = time.perf_counter()
         ev = evaluate(model, corpus.val_ids, cfg.eval_batch_size)
+        tune = evaluate(model, corpus.tune_ids, cfg.eval_batch_size)
         if status == "ok" and not math.isfinite(ev["val_loss"]):
             status, reason = "diverged", "non-finite validation loss"
         learned = {k: (val.tolist() if val is not None else None) for k, val in learned_parameters(model).items()}
@@ -281,29 +319,92 @@ def train_run(
             monitor_seconds=monitor.seconds, monitor_calls=monitor.calls, eval_seconds=time.perf_counter() - t1,
             val_loss=ev["val_loss"], val_ppl=ev["val_ppl"], val_bpt=ev["val_bpt"], max_uniform=ev["max_uniform"],
             entropy=ev["entropy"].tolist(), entropy_norm=ev["entropy_norm"].tolist(),
-            per_query=ev["per_query"].tolist(), history=monitor.rows, curve=list(module.curve), learned=learned,
+            per_query=ev["per_query"].tolist(),
+            tune={"val_loss": tune["val_loss"], "val_ppl": tune["val_ppl"], "entropy": tune["entropy"].tolist(),
+                  "entropy_norm": tune["entropy_norm"].tolist()},
+            history=monitor.rows, curve=list(module.curve), learned=learned,
         )  # fmt: skip
         hook.on_result(result)
     return result
 
 
 # -- the stage ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RunTask:
+    """One planned run: picklable, so a worker process can train it (it loads the corpus itself)."""
+
+    cfg: EntropyAttentionConfig
+    data_dir: str | None
+    variant: str
+    seed: int
+    gamma: float | None = None
+    lam: float | None = None
+    tags: tuple[str, ...] = ()
+    on_run: OnRun | None = None
+
+
+_CORPORA: dict[tuple, Corpus] = {}  # per process: a worker loads the corpus once for all its runs
+
+
+def _corpus_key(cfg: EntropyAttentionConfig, data_dir: str | None) -> tuple:
+    return (data_dir, cfg.block_size, cfg.max_train_bytes, cfg.max_val_bytes, cfg.val_windows, cfg.tune_windows,
+            cfg.probe_windows)
+
+
+def train_task(task: RunTask) -> RunResult:
+    """:func:`train_run` for one planned run (module level: the worker pool calls it)."""
+    key = _corpus_key(task.cfg, task.data_dir)
+    if key not in _CORPORA:
+        _CORPORA[key] = load_corpus(task.cfg, task.data_dir)
+    return train_run(task.cfg, _CORPORA[key], task.variant, task.seed, gamma=task.gamma, lam=task.lam,
+                     on_run=task.on_run, tags=task.tags)  # fmt: skip
+
+
+def choose_lam(tuning: list[RunResult], fallback: float) -> float:
+    """The lambda with the lowest mean *tuning* perplexity over the tuning seeds (a lambda with a
+    diverged run counts as infinite); ties go to the smaller lambda. ``fallback`` without runs."""
+    if not tuning:
+        return fallback
+    by_lam: dict[float, list[float]] = {}
+    for r in tuning:
+        ppl = r.tune["val_ppl"] if r.ok and math.isfinite(r.tune["val_ppl"]) else math.inf
+        by_lam.setdefault(r.lam, []).append(ppl)
+    return min(sorted(by_lam), key=lambda lam: float(np.mean(by_lam[lam])))
+
+
+def _cpu_seconds() -> float:
+    """CPU time (user + system) of this process and of its finished, waited-for children."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def run_stage(cfg: EntropyAttentionConfig, corpus: Corpus, *, on_run: OnRun | None = None) -> Results:
-    """Every (variant, seed), then the gamma sweep (reusing runs at ``cfg.gamma``)."""
-    t0 = time.perf_counter()
-    jobs = [(v, s) for s in cfg.seeds for v in cfg.variants]
-    runs = [train_run(cfg, corpus, v, s, on_run=on_run) for v, s in progress(jobs, desc="variants x seeds")]
+    """The lambda sweep on the tuning seeds, then every (variant, seed) with the chosen lambda,
+    then the gamma sweep (reusing runs at ``cfg.gamma``). Each phase runs its independent runs
+    on ``cfg.workers`` processes; ``on_run`` must be picklable when ``workers`` > 1."""
+    t0, cpu0 = time.perf_counter(), _cpu_seconds()
+    workers = resolve_workers(cfg.workers)
+    _CORPORA[_corpus_key(cfg, corpus.data_dir)] = corpus  # the serial path reuses the loaded corpus
+
+    def phase(plan: list[RunTask], desc: str) -> list[RunResult]:
+        return run_tasks(train_task, plan, workers=workers, desc=desc)
+
+    def task(variant: str, seed: int, **kw: Any) -> RunTask:
+        return RunTask(cfg, corpus.data_dir, variant, seed, on_run=on_run, **kw)
+
+    tuning = phase([task(cfg.lam_sweep_variant, s, lam=lam, tags=("lam_sweep",))
+                    for lam in cfg.lam_sweep for s in cfg.tune_seeds], "lambda sweep")  # fmt: skip
+    lam = choose_lam(tuning, cfg.lam)
+    runs = phase([task(v, s, lam=lam) for s in cfg.seeds for v in cfg.variants], "variants x seeds")
     done = {(r.variant, r.seed) for r in runs}
-    sweep_jobs = [
-        (g, s) for g in cfg.gamma_sweep for s in cfg.gamma_sweep_seeds
+    sweep = phase([
+        task(cfg.gamma_sweep_variant, s, gamma=g, lam=lam, tags=("gamma_sweep",))
+        for g in cfg.gamma_sweep for s in cfg.gamma_sweep_seeds
         if not (g == cfg.gamma and (cfg.gamma_sweep_variant, s) in done)
-    ]  # fmt: skip
-    sweep = [
-        train_run(cfg, corpus, cfg.gamma_sweep_variant, s, gamma=g, on_run=on_run, tags=("gamma_sweep",))
-        for g, s in progress(sweep_jobs, desc="gamma sweep")
-    ]
+    ], "gamma sweep")  # fmt: skip
     return Results(config=cfg.to_dict(), runs=runs, sweep=sweep, seconds=time.perf_counter() - t0,
-                   corpus=dict(corpus.info))  # fmt: skip
+                   corpus=dict(corpus.info), tuning=tuning, chosen_lam=lam,
+                   cpu_seconds=_cpu_seconds() - cpu0, workers=workers)  # fmt: skip
 
 
 # -- the cost of measuring entropy ------------------------------------------------------------

@@ -119,7 +119,7 @@ def divergence_table(results: Results) -> tuple[pd.DataFrame, pd.DataFrame]:
     rows = []
     for r in results.all_runs:
         nonfinite = sum(1 for c in r.curve if not math.isfinite(c.get("loss", 0.0)))
-        rows.append({"variant": r.variant, "seed": r.seed, "gamma": r.gamma, "status": r.status,
+        rows.append({"variant": r.variant, "seed": r.seed, "gamma": r.gamma, "lam": r.lam, "status": r.status,
                      "diverged_step": r.diverged_step, "nonfinite_losses": nonfinite, "reason": r.reason or ""})
     df = pd.DataFrame(rows)
     summary = df.groupby("variant", sort=False).agg(
@@ -144,6 +144,66 @@ def gamma_sweep_table(results: Results) -> pd.DataFrame:
         rows.append({"gamma": r.gamma, "seed": r.seed, "status": r.status, "val_ppl": m["val_ppl"],
                      "val_bpt": m["val_bpt"], "top_bin": m["top_bin"], "overloaded": m["overloaded"],
                      "early_norm_entropy": m["early_norm_entropy"], "mean_theta": _nanmean(theta)})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def lam_sweep_table(results: Results) -> pd.DataFrame:
+    """The lambda sweep, one row per tuning run: lambda, seed, status, and on the *tuning*
+    windows the perplexity and the overloaded shares (all layers and early layers); ``chosen``
+    marks the lambda the main runs use."""
+    c = results.config
+    early = early_layers(c["n_layer"])
+    rows = []
+    for r in sorted(results.tuning, key=lambda r: (r.lam, r.seed)):
+        norm = np.asarray(r.tune["entropy_norm"], float)
+        if not r.ok:
+            norm = np.full_like(norm, np.nan)
+        rows.append({"lam": r.lam, "seed": r.seed, "status": r.status,
+                     "tune_ppl": r.tune["val_ppl"] if r.ok else float("nan"),
+                     "tune_overloaded": overloaded_fraction(norm, c["overload_threshold"]),
+                     "tune_early_overloaded": overloaded_fraction(norm[early], c["overload_threshold"]),
+                     "tune_early_norm_entropy": _nanmean(norm[early]),
+                     "chosen": r.lam == results.chosen_lam})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def _curve_rows(r: RunResult) -> list[dict[str, Any]]:
+    return [{"variant": r.variant, "seed": r.seed, "step": h["step"], "val_loss": h["probe_loss"],
+             "val_ppl": math.exp(h["probe_loss"]) if h["probe_loss"] < 700 else float("inf")}
+            for h in r.history if "probe_loss" in h]  # fmt: skip
+
+
+def validation_curve_frame(results: Results) -> pd.DataFrame:
+    """Validation loss and perplexity of the probe batch (tuning windows) over training, per
+    finished main run: variant, seed, step, val_loss, val_ppl."""
+    return pd.DataFrame([row for r in ok_runs(results.runs) for row in _curve_rows(r)])
+
+
+def relative_change_last(curve: pd.DataFrame, fraction: float = 0.2) -> float:
+    """Relative change of the validation perplexity over the last ``fraction`` of the steps:
+    ppl(last step) / ppl(the measured step nearest (1 - fraction) x last step) - 1. Near 0 =
+    flattened; negative = still improving."""
+    if len(curve) < 2:
+        return float("nan")
+    curve = curve.sort_values("step")
+    last = curve.iloc[-1]
+    target = (1 - fraction) * last.step
+    before = curve.iloc[int(np.argmin(np.abs(curve.step.to_numpy() - target)))]
+    return float(last.val_ppl / before.val_ppl - 1) if before.step < last.step else float("nan")
+
+
+def flatness_table(results: Results, fraction: float = 0.2) -> pd.DataFrame:
+    """Per variant: validation perplexity (probe batch) at the last step and its relative change
+    over the last ``fraction`` of the steps, mean and worst (most negative) over seeds."""
+    df = validation_curve_frame(results)
+    rows = []
+    for v in order_variants(df, results.config["variants"]) if len(df) else []:
+        d = df[df.variant == v]
+        change = [relative_change_last(g, fraction) for _, g in d.groupby("seed")]
+        last = [g.sort_values("step").val_ppl.iloc[-1] for _, g in d.groupby("seed")]
+        rows.append({"variant": v, "final_curve_ppl": _nanmean(last),
+                     f"rel_change_last_{int(100 * fraction)}pct": _nanmean(change),
+                     "worst_rel_change": float(np.nanmin(change)) if np.isfinite(change).any() else float("nan")})
     return pd.DataFrame(rows)
 
 
@@ -179,7 +239,7 @@ def learned_frames(results: Results) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(theta rows: variant, seed, gamma, layer, head, theta; temperature rows: variant, layer,
     head, position, temperature (mean over seeds))."""
     theta_rows, temp = [], {}
-    for r in ok_runs(results.all_runs):
+    for r in ok_runs(results.runs + results.sweep):  # the lambda sweep's runs are in its own table
         if r.learned.get("theta") is not None:
             for layer, row in enumerate(r.learned["theta"]):
                 for h, t in enumerate(row):
@@ -199,10 +259,10 @@ def learned_frames(results: Results) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def timing_table(results: Results) -> pd.DataFrame:
-    """Per-run wall times: variant, seed, gamma, steps, train s, ms/step, monitor s, eval s
+    """Per-run wall times: variant, seed, gamma, lambda, steps, train s, ms/step, monitor s, eval s
     (for ``timing.json`` and the notebook, never a metric)."""
     return pd.DataFrame([
-        {"variant": r.variant, "seed": r.seed, "gamma": r.gamma, "steps": r.steps, "train_s": r.train_seconds,
+        {"variant": r.variant, "seed": r.seed, "gamma": r.gamma, "lam": r.lam, "steps": r.steps, "train_s": r.train_seconds,
          "ms_per_step": r.ms_per_step, "monitor_s": r.monitor_seconds, "eval_s": r.eval_seconds}
         for r in results.all_runs
     ])  # fmt: skip

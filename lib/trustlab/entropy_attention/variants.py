@@ -98,19 +98,16 @@ _BASE: tuple[Variant, ...] = (
 
 VARIANTS: dict[str, Variant] = {v.name: v for v in _BASE}
 
+# The default run trains the pairs the main claims compare (LayerNorm vs none, ReLU vs GELU
+# without LayerNorm, with vs without the regularizer), so that every run can train long enough
+# within the stage's time budget; every other row of the table stays runnable through
+# ``params.yaml``.
 DEFAULT_VARIANTS: list[str] = [
     "SM+LN+G",
-    "SM+LN+R",
     "SM+G",
     "SM+R",
-    "SM",
-    "SM+ScFuFFN",
-    "SM+ScFuFFN" + NO_FINAL_NORM,
     "SM(t)+ScFuFFN",
-    "SM(t)+ScFuFFN" + NO_FINAL_NORM,
     "EReg(SM(t)+ScFuFFN)",
-    "EReg(SM(t)+ScFuFFN)" + NO_FINAL_NORM,
-    "Softplus",
 ]
 
 

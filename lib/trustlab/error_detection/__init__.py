@@ -3,14 +3,16 @@
 Shaped like lm-polygraph without depending on it: per-generation statistics are computed
 once and stored (:mod:`.statistics`, ``GenerationStats``), *estimators* are small functions
 from those statistics to an uncertainty score u (higher = more likely an error;
-:mod:`.estimators`, the ``DETECTORS`` registry), and *metrics* score estimators against the
+:mod:`.estimators`, the ``DETECTORS`` registry; SPC-UQ in :mod:`.spc` and Meta Ranking in
+:mod:`.meta_ranking`, both adaptations), and *metrics* score estimators against the
 error labels (:mod:`.metrics`: AUROC, AUPRC + base rate, normalised PRR, ReaLMistake-style
 P/R/F1 with the always-error and random baselines, bootstrap CIs). :mod:`.config` holds
 ``ErrorDetectionConfig`` (the ``error_detection:`` section of ``params.yaml``).
 
 Model side: :mod:`.collect` draws prompts and a fit/test split from the generated tasks and
 computes the statistics with any model ``trustlab.lm.generation.generate`` accepts (greedy
-pass with hidden states + K samples, answers, checker labels, pooling; stored and reused);
+pass with hidden states + K samples, answers, checker labels, pooling; stored under
+``data/detection_stats/`` and reused while model files, prompts, sampling and code match);
 :mod:`.inject` makes AEGIS-style injected errors and scores them by teacher forcing.
 The stage itself: :mod:`.run` (models, prompts, detectors -> ``Results``; no plotting, no
 W&B), :mod:`.claims` (the claims as data, evaluated by ``trustlab.core.claims``), :mod:`.tables`,

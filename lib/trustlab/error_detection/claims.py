@@ -71,7 +71,29 @@ CLAIMS: tuple[ClaimSpec, ...] = check_specs((
         expected="increase", unit="items", range=(0.0, 1.0),
         note="the hidden-state detectors are trained on fit labels, the logit ones are zero-shot",
     ),
+    ClaimSpec(
+        id="spc_beats_msp",
+        claim="SPC-UQ's residual-consistency score beats MSP",
+        paper="Post-Hoc Split-Point Self-Consistency Verification (SPC-UQ)",
+        metric="AUROC",
+        method="spc_uq",
+        baseline="msp",
+        expected="increase", unit="items", range=(0.0, 1.0),
+        note="adaptation: top-1 vs rest at each answer token, a residual head on the stored statistics",
+    ),
+    ClaimSpec(
+        id="meta_ranking_beats_msp",
+        claim="Meta Ranking with five references beats MSP",
+        paper="Enabling Weak LLMs to Judge Response Reliability via Meta Ranking",
+        metric="AUROC",
+        method="meta_ranking",
+        baseline="msp",
+        expected="increase", unit="items", range=(0.0, 1.0),
+        note="adaptation: the judge is a learned pairwise comparator over stored statistics, not an LM",
+    ),
 ))  # fmt: skip
+# claims "<method> beats <baseline>" between two named detectors (CLAIMS ids -> the two registry names)
+PAIRWISE = {"spc_beats_msp": ("spc_uq", "msp"), "meta_ranking_beats_msp": ("meta_ranking", "msp")}
 
 
 def claim_rows(
@@ -147,4 +169,15 @@ def claim_rows(
         rows.append(row("hidden_state_beats_logit", h - l_, hb - lb,
                         f"{hidden} {h:.3f} ({alt(dets[hidden])}) - {logit} {l_:.3f} ({alt(dets[logit])}); each the "
                         f"best of its group on the fit split"))  # fmt: skip
+    for spec_id, (method, baseline) in PAIRWISE.items():
+        m, b = get(method), get(baseline)
+        if m is None or b is None:
+            absent = [n for n, d in ((method, m), (baseline, b)) if d is None]
+            rows.append(missing(spec_id, f"{', '.join(absent)} did not run on the {span} span"))
+            continue
+        (a, ab), (c, cb) = auc(m), auc(b)
+        calls = m.estimator.calls_per_response if m.estimator is not None else 0
+        cost = f"; {calls} judge calls per response" if calls else ""
+        rows.append(row(spec_id, a - c, ab - cb, f"{method}@{span} {a:.3f} ({alt(m)}) - {baseline}@{span} {c:.3f} "
+                                                 f"({alt(b)}){cost}"))  # fmt: skip
     return rows

@@ -61,6 +61,8 @@ __all__ = [
     "pool_hidden",
     "collect_stats",
     "stats_fingerprint",
+    "model_files_digest",
+    "code_digest",
     "load_or_collect",
     "model_fingerprint",
 ]
@@ -270,31 +272,61 @@ def model_fingerprint(model: Any) -> str:
     return h.hexdigest()
 
 
-# The code that turns a model's outputs into stored statistics: labels (checkers), answer spans,
-# pooling, generation. A change to any of them invalidates stored statistics.
-STATS_CODE = ("trustlab.data.checkers", "trustlab.error_detection.collect", "trustlab.error_detection.statistics",
-              "trustlab.lm.generation")  # fmt: skip
+def model_files_digest(model_dir: str | os.PathLike | None) -> str | None:
+    """sha256 over every file of a model directory (relative path and content), or None when
+    there is no directory (a hub model: its weights are covered by :func:`model_fingerprint`)."""
+    if model_dir is None or not Path(model_dir).is_dir():
+        return None
+    from trustlab.core.io import sha256_file
+
+    root = Path(model_dir)
+    h = hashlib.sha256()
+    for f in sorted(p for p in root.rglob("*") if p.is_file()):
+        h.update(f.relative_to(root).as_posix().encode())
+        h.update(sha256_file(f).encode())
+    return h.hexdigest()
+
+
+# The code that turns a model's outputs into stored statistics: the model code that produces the
+# logits and hidden states (trustlab.lm: tokenizer, GPT, hooks, generation, loading), the labels
+# (checkers), answer spans, pooling and storage. A change to any of them invalidates stored statistics.
+STATS_CODE = (
+    "trustlab.lm.generation", "trustlab.lm.gpt", "trustlab.lm.tokenizer", "trustlab.lm.hooks",
+    "trustlab.lm.checkpoint", "trustlab.lm.loading", "trustlab.lm.model_config", "trustlab.lm.hf_backend",
+    "trustlab.data.checkers", "trustlab.error_detection.collect", "trustlab.error_detection.statistics",
+)  # fmt: skip
 
 
 def code_digest(modules: Sequence[str] = STATS_CODE) -> str:
-    """sha256 over the source files of ``modules``."""
-    import importlib
+    """sha256 over the source files of ``modules`` (found without importing them, so a module
+    with a heavy optional dependency is hashed all the same)."""
+    import importlib.util
 
     h = hashlib.sha256()
     for name in modules:
-        h.update(Path(importlib.import_module(name).__file__).read_bytes())
+        spec = importlib.util.find_spec(name)
+        if spec is None or not spec.origin:
+            raise ModuleNotFoundError(f"code_digest: no source for {name}")
+        h.update(name.encode())
+        h.update(Path(spec.origin).read_bytes())
     return h.hexdigest()
 
 
 def stats_fingerprint(
-    model_sha: str, records: Sequence[Mapping[str, Any]], split: Sequence[str], settings: Mapping[str, Any]
+    model_sha: str,
+    records: Sequence[Mapping[str, Any]],
+    split: Sequence[str],
+    settings: Mapping[str, Any],
+    model_files: str | None = None,
 ) -> str:
-    """Identifies one statistics computation: model weights, prompts, split, decoding settings
-    and the code that computes the statistics (:func:`code_digest`)."""
+    """Identifies one statistics computation: model weights (and the model directory's files,
+    when there is one), prompts, split, decoding settings and the code that computes the
+    statistics (:func:`code_digest`)."""
     blob = json.dumps(
         {
             "code": code_digest(),
             "model": model_sha,
+            "model_files": model_files,
             "ids": [r["id"] for r in records],
             "prompts": [r["prompt"] for r in records],
             "split": list(map(str, split)),
@@ -427,13 +459,15 @@ def load_or_collect(
     split: Sequence[str],
     *,
     reuse: bool = True,
+    model_dir: str | os.PathLike | None = None,
     **kwargs: Any,
 ) -> tuple[GenerationStats, bool]:
     """Statistics stored at ``path`` (``.npz`` + ``.json``) when they were computed from the same
-    model weights, prompts, split and settings (``meta["fingerprint"]``), else computed by
-    :func:`collect_stats` and saved there. Returns ``(stats, reused)``."""
+    model weights and model files (``model_dir``), prompts, split, settings and statistics code
+    (``meta["fingerprint"]``, :func:`stats_fingerprint`), else computed by :func:`collect_stats`
+    and saved there. Returns ``(stats, reused)``."""
     settings = {k: kwargs.get(k, v) for k, v in DECODING_DEFAULTS.items()}
-    key = stats_fingerprint(model_fingerprint(model), records, split, settings)
+    key = stats_fingerprint(model_fingerprint(model), records, split, settings, model_files_digest(model_dir))
     if reuse:
         try:
             old = GenerationStats.load(path)

@@ -23,7 +23,8 @@ Leakage guards (the test split's labels can never reach a detector):
 Detectors (registry names): ``msp``, ``perplexity``, ``mean_token_entropy``, ``zero_shot_z``
 (provenance test reused as a signal), ``self_consistency``, ``rpc``, ``mahalanobis``
 (lm-polygraph single-centroid form), ``mahalanobis_lee`` (Lee et al. form), ``linear_probe``,
-``knn``, ``sdm_adaptation`` (an adaptation of SDM; its exact formula is unverified).
+``knn``, ``sdm_adaptation`` (an adaptation of SDM; its exact formula is unverified), and in their
+own modules ``spc_uq`` (:mod:`.spc`) and ``meta_ranking`` (:mod:`.meta_ranking`), both adaptations.
 Helpers: :func:`per_layer_auroc` ("which layer knows best"), :func:`out_of_fold_scores`,
 :func:`fit_weibull_mixture` (EM, used by RPC's reasoning pruning).
 """
@@ -121,6 +122,7 @@ class Estimator:
     label: ClassVar[str] = ""
     needs_fit: ClassVar[bool] = False
     supervised: ClassVar[bool] = False
+    calls_per_response: ClassVar[int] = 0  # judge calls per scored response (Meta Ranking), beside the AUROC
 
     def __init__(self, span: str = "answer"):
         self.span = check_span(span)
@@ -949,3 +951,7 @@ def per_layer_auroc(
         u = build_estimator(method, span=span, **kw).fit(stats_fit).score(stats_test)
         rows.append({"layer": l, "method": method, "span": span, "auroc": auroc(y, u)})
     return rows
+
+
+# detectors that live in their own modules register themselves on import (after the base class exists)
+from trustlab.error_detection import meta_ranking, spc  # noqa: E402, F401

@@ -49,6 +49,29 @@ def plot_detector_auroc(table, task: str = "all"):
     return fig
 
 
+def plot_task_auroc(by_task):
+    """The headline view: AUROC averaged over tasks (bars), each task's AUROC (dots) and, as a
+    secondary marker, the AUROC pooled over all test responses (x), one group per detector."""
+    if by_task is None or not len(by_task) or "auroc_macro" not in by_task or by_task.auroc_macro.isna().all():
+        return None
+    t = by_task.sort_values("auroc_macro", ascending=False)
+    tasks = [c.split("/", 1)[1] for c in t.columns if c.startswith("auroc/")]
+    x = np.arange(len(t))
+    fig, ax = plt.subplots(figsize=(8, 3.2))
+    ax.bar(x, t.auroc_macro.to_numpy(float), 0.6, color="0.8", label="mean over tasks")
+    for j, task in enumerate(tasks):
+        ax.plot(x + (j - (len(tasks) - 1) / 2) * 0.1, t[f"auroc/{task}"].to_numpy(float), "o", ms=4, label=task)
+    ax.plot(x, t["auroc_pooled (secondary)"].to_numpy(float), "kx", ms=5, label="pooled (secondary)")
+    ax.axhline(0.5, color="k", lw=0.8, ls="--")
+    ax.set_xticks(x, [SHORT.get(n, n) for n in t.detector], rotation=35, ha="right", fontsize=7)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("test AUROC")
+    ax.legend(fontsize=6, ncol=3)
+    ax.set_title("AUROC per task and averaged over tasks; dashed = chance", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
 def plot_roc_pr(roc, pr, base_rate: float):
     if not len(roc):
         return None

@@ -2,7 +2,7 @@
 :class:`~trustlab.reporting.outputs.StageOutputs` for ``write_outputs`` and the W&B runs.
 
 ``metrics.json`` keeps the stage's layout: ``headline``, ``claims`` (claims-engine rows),
-``tables`` (detectors, within_task, error_rates, per_layer, injected, models, claims),
+``tables`` (detectors, by_task (per task and macro-averaged: the headline view), within_task, error_rates, per_layer, injected, models, claims),
 ``stats`` (one summary per model), ``injected_counts``, ``notes``, ``config``, plus the
 separate ``f1_base_rate_check`` table (:func:`tables.f1_base_rate_check`). Wall times (the cost
 table in seconds per 1000 responses, generation and detector times) go to ``timing.json``.
@@ -28,6 +28,7 @@ from trustlab.error_detection.tables import (
     detector_table,
     error_rate_table,
     or_reason,
+    task_table,
     top_keys,
     within_task_table,
 )
@@ -36,6 +37,7 @@ from trustlab.reporting.outputs import StageOutputs
 # metrics.json "tables" (and plots/<name>.csv), with what an empty one means
 TABLE_REASONS = {
     "detectors": "no detector was configured",
+    "by_task": "no detector ran on the primary span",
     "within_task": "no detector ran on the primary span",
     "error_rates": "no prompts",
     "per_layer": "error_detection.per_layer is empty",
@@ -69,8 +71,10 @@ def headline(
     models: pd.DataFrame | None,
     f1_check: pd.DataFrame | None = None,
 ) -> dict[str, Any]:
-    """Flat readable numbers: error rates, each detector's test AUROC/PRR/AUPRC/F1 on the primary
-    span, the F1 baselines, claim verdicts, the F1 base-rate check, injected and part-4 AUROCs.
+    """Flat readable numbers: error rates; each detector's test AUROC and PRR per task and
+    averaged over tasks (``<detector>/auroc_macro``, the primary number), pooled AUROC/PRR/AUPRC/F1
+    as secondary ``..._pooled`` keys, Meta Ranking's judge calls, the F1 baselines, claim
+    verdicts, the F1 base-rate check, injected and part-4 AUROCs.
     No wall times (those are in :func:`timing`)."""
     span = cfg.spans[0]
     h: dict[str, Any] = {}
@@ -83,21 +87,32 @@ def headline(
     h["n_prompts"] = s.n
     h["n_test"] = test.n
     h["k_samples"] = s.K
+    # primary: per task and the macro average over tasks; pooled numbers are secondary, named so
+    for _, r in task_table(table, span, cfg.claims_min_per_class).iterrows():
+        for m in ("auroc_macro", "prr_macro"):
+            if _f(r[m]) is not None:
+                h[f"{r.detector}/{m}"] = _f(r[m])
+    per = table[(table.task != "all") & (table.span == span) & (table.status == "ok")]
+    for _, r in per.iterrows():
+        for m in ("auroc", "prr"):
+            if m in r and _f(r[m]) is not None:
+                h[f"{r.detector}/{m}/{r.task}"] = _f(r[m])
     t = table[(table.task == "all") & (table.span == span) & (table.status == "ok")]
     for _, r in t.iterrows():
         for m in ("auroc", "prr", "auprc", "f1"):
             if m in r and _f(r[m]) is not None:
-                h[f"{r.detector}/{m}"] = _f(r[m])
-    for _, r in within_task_table(table, span, cfg.claims_min_per_class).iterrows():
-        if _f(r.auroc_within_task_mean) is not None:
-            h[f"{r.detector}/auroc_within_task"] = _f(r.auroc_within_task_mean)
+                h[f"{r.detector}/{m}_pooled"] = _f(r[m])
+        if int(r.get("judge_calls_per_response", 0) or 0):
+            h[f"{r.detector}/judge_calls_per_response"] = int(r.judge_calls_per_response)
     if len(t) and "always_error_f1" in t:
         h["always_error_f1"] = _f(t.always_error_f1.iloc[0])
         h["random_f1"] = _f(t.random_f1.iloc[0])
-    if len(t):
-        best = t.sort_values("auroc", ascending=False).iloc[0]
-        h["best_detector_test"] = f"{best.detector}@{best.span}"
-        h["best_detector_test_auroc"] = _f(best.auroc)
+    macro = task_table(table, span, cfg.claims_min_per_class)
+    macro = macro[macro.auroc_macro.notna()] if len(macro) else macro
+    if len(macro):
+        best = macro.sort_values("auroc_macro", ascending=False).iloc[0]
+        h["best_detector_test"] = f"{best.detector}@{span}"
+        h["best_detector_test_auroc_macro"] = _f(best.auroc_macro)
     for c in claims:
         h[f"claim/{c['claim'][:48]}"] = c["verdict"]
     h["claims_supported"] = count_verdicts(claims)["supported"]
@@ -128,6 +143,8 @@ def timing(cfg: ErrorDetectionConfig, results: Results, cost: pd.DataFrame | Non
     base = results.base.timing
     out["generation_s"] = base.get("greedy_s", 0) + base.get("sampling_s", 0)
     out["models"] = {r.name: dict(r.timing) for r in results.runs}
+    if results.usage:  # stage wall and CPU seconds: cores kept busy = cpu_s / wall_s
+        out["usage"] = dict(results.usage)
     return out
 
 
@@ -210,10 +227,27 @@ def findings(
     t = table[(table.task == "all") & (table.span == span) & (table.status == "ok")].sort_values(
         "auroc", ascending=False
     )
+    macro = task_table(table, span, cfg.claims_min_per_class)
+    macro = macro[macro.auroc_macro.notna()].sort_values("auroc_macro", ascending=False) if len(macro) else macro
+    if len(macro):
+        lines.append(
+            f"- Best test AUROC averaged over tasks on the {span} span: {macro.iloc[0].label} "
+            f"{macro.iloc[0].auroc_macro:.3f} over {int(macro.iloc[0].tasks)} tasks; worst: {macro.iloc[-1].label} "
+            f"{macro.iloc[-1].auroc_macro:.3f}."
+        )
+    by = macro.set_index("detector") if len(macro) else None
+    for name in ("spc_uq", "meta_ranking"):
+        if by is not None and name in by.index and "msp" in by.index:
+            r, calls = by.loc[name], int(by.loc[name].judge_calls_per_response)
+            lines.append(
+                f"- {r.label}: AUROC {r.auroc_macro:.3f}, PRR {r.prr_macro:.3f} averaged over tasks, vs MSP "
+                f"{by.loc['msp'].auroc_macro:.3f} / {by.loc['msp'].prr_macro:.3f}"
+                + (f", at {calls} judge calls per response." if calls else ".")
+            )
     if len(t):
         top = t.iloc[0]
         lines.append(
-            f"- Best test AUROC on the {span} span: {top.label} {top.auroc:.3f} "
+            f"- Pooled over all test responses (secondary): best {top.label} {top.auroc:.3f} "
             f"[{top.auroc_lo:.3f}, {top.auroc_hi:.3f}]; worst: {t.iloc[-1].label} {t.iloc[-1].auroc:.3f}."
         )
         if "always_error_f1" in t:

@@ -7,7 +7,7 @@ listed in ``error_detection.models``):
    names the ``base_model`` stage, a missing listed model the ``noisefit`` stage);
    :func:`load_prompts` draws the prompts and the fit/test split (:mod:`.collect`).
 2. :func:`run_model` computes the statistics once (:func:`collect.load_or_collect`, stored under
-   ``<reports_dir>/stats/``), runs every configured detector on every span
+   ``<data_dir>/<error_detection.stats_dir>/``, default ``data/detection_stats/``), runs every configured detector on every span
    (:func:`run_detectors`: fitted detectors fit on the fit split only; fit-split scores for
    thresholds are out-of-fold), times the generation each detector needs and, for the base
    model, scores AEGIS-style injected errors (:mod:`.inject`).
@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from trustlab.core.config import ConfigError
+from trustlab.core.parallel import run_tasks
 from trustlab.error_detection import metrics as M
 from trustlab.error_detection.collect import DECODING_DEFAULTS, load_or_collect, select_prompts, split_prompts
 from trustlab.error_detection.config import ErrorDetectionConfig
@@ -44,13 +45,14 @@ NOISEFIT_STAGE = "noisefit"
 LOGIT = ("msp", "perplexity", "mean_token_entropy", "zero_shot_z")
 SINGLE_PASS_PROBABILITY = ("msp", "perplexity")
 SAMPLING = ("self_consistency", "rpc")
-HIDDEN = ("mahalanobis", "mahalanobis_lee", "linear_probe", "knn", "sdm_adaptation")
+HIDDEN = ("mahalanobis", "mahalanobis_lee", "linear_probe", "knn", "sdm_adaptation", "spc_uq")
 MAHALANOBIS_AND_PROBE = ("mahalanobis", "mahalanobis_lee", "linear_probe")
 SHORT = {
     "msp": "MSP", "perplexity": "Perplexity", "mean_token_entropy": "Entropy", "zero_shot_z": "Zero-shot z",
     "self_consistency": "Self-consistency", "rpc": "RPC", "mahalanobis": "Mahalanobis (1 centroid)",
     "mahalanobis_lee": "Mahalanobis (Lee)", "linear_probe": "Linear probe", "knn": "kNN",
-    "sdm_adaptation": "SDM-style (adapt.)",
+    "sdm_adaptation": "SDM-style (adapt.)", "spc_uq": "SPC-UQ (adapt.)",
+    "meta_ranking": "Meta Ranking (5 refs, learned judge)",
 }  # fmt: skip
 
 
@@ -70,6 +72,13 @@ def resolve_data_dir(data_dir: str | Path | None) -> Path:
 def model_path(data_dir: str | Path, rel: str) -> Path:
     p = Path(rel)
     return p if p.is_absolute() else Path(data_dir) / p
+
+
+def stats_root(cfg: ErrorDetectionConfig, data_dir: str | Path | None) -> Path:
+    """Where the statistics are stored (``error_detection.stats_dir`` under the data directory,
+    one ``<model>.npz/.json`` pair per model): a declared pipeline output, kept between runs and
+    reused while its fingerprint matches."""
+    return model_path(resolve_data_dir(data_dir), cfg.stats_dir)
 
 
 def _is_model_dir(path: Path) -> bool:
@@ -213,8 +222,7 @@ def run_detectors(
     statistics (e.g. a supervised one when the fit split has one class) is kept with its reason."""
     fit, test = stats.fit_test()
     out: dict[str, DetectorResult] = {}
-    with quiet_fit_warnings():
-        _run_all(cfg, list(spans or cfg.spans), fit, test, out, progress)
+    _run_all(cfg, list(spans or cfg.spans), fit, test, out, progress)
     return out
 
 
@@ -228,8 +236,21 @@ def quiet_fit_warnings():
 
 
 def _run_all(cfg, spans, fit, test, out, progress) -> None:
-    for name in cfg.detectors:
-        kw = cfg.estimator_kwargs(name)
+    plan = [(cfg, name, tuple(spans), fit, test) for name in cfg.detectors]
+    for results in run_tasks(_run_detector, plan, workers=cfg.workers, desc="detectors"):
+        for res in results:
+            out[res.key] = res
+            if progress:
+                progress(f"{res.key}: {res.status}")
+
+
+def _run_detector(task) -> list[DetectorResult]:
+    """One detector on every span: fit on ``fit``, score ``test`` (timed) and out-of-fold scores
+    on ``fit``. Module-level and seeded by the config, so a worker process gives the same numbers."""
+    cfg, name, spans, fit, test = task
+    kw = cfg.estimator_kwargs(name)
+    out = []
+    with quiet_fit_warnings():
         for span in spans:
             res = DetectorResult(name, span)
             try:
@@ -249,9 +270,17 @@ def _run_all(cfg, spans, fit, test, out, progress) -> None:
             except ValueError as exc:
                 res.status = f"not applicable: {exc}"
                 res.u_test = res.u_fit = None
-            out[res.key] = res
-            if progress:
-                progress(f"{res.key}: {res.status}")
+            out.append(res)
+    return out
+
+
+def cpu_seconds() -> float:
+    """User + system CPU seconds of this process and of its finished child processes (worker
+    pools): the difference over a stage divided by its wall time is the cores it kept busy."""
+    import resource
+
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def aggregate_tasks(part: GenerationStats, aggregate: str = "pooled", min_per_class: int = 5) -> list[str] | None:
@@ -414,8 +443,10 @@ def run_model(
     detectors, timing and (optionally) injected errors."""
     say = progress or (lambda m: None)
     reuse = cfg.reuse_stats if reuse is None else reuse
+    model_dir = Path(path) if path and Path(path).is_dir() else None
     stats, reused = load_or_collect(Path(stats_dir) / name, model, tokenizer, prompts.records, prompts.split,
-                                    reuse=reuse, model_name=name, progress=say, **decoding_kwargs(cfg))  # fmt: skip
+                                    reuse=reuse, model_dir=model_dir, model_name=name, progress=say,
+                                    **decoding_kwargs(cfg))  # fmt: skip
     timing = dict(stats.meta["timing"])
     timing["greedy_plain_s"] = time_plain_greedy(cfg, model, tokenizer, prompts)
     say(f"{name}: statistics {'reused' if reused else 'computed'}; error rate {stats.labels().mean():.3f}")
@@ -437,6 +468,7 @@ class Results:
     cfg: ErrorDetectionConfig
     runs: list[ModelRun]
     model_dirs: dict[str, Path | str] = field(default_factory=dict)
+    usage: dict[str, float] = field(default_factory=dict)  # stage wall and CPU seconds (timing.json)
 
     @property
     def base(self) -> ModelRun:

@@ -58,7 +58,8 @@ def detector_table(
             tm = np.ones(test.n, bool) if task is None else test.task == task
             fm = np.ones(fit.n, bool) if task is None else fit.task == task
             row: dict[str, Any] = {"detector": det.name, "span": det.span, "task": label, "group": det.group,
-                                   "label": SHORT.get(det.name, det.name), "status": det.status}  # fmt: skip
+                                   "label": SHORT.get(det.name, det.name), "status": det.status,
+                                   "judge_calls_per_response": judge_calls(det)}  # fmt: skip
             if det.ok and tm.any():
                 ef = fit.labels()[fm]
                 with_f1 = fm.any() and ef.any()
@@ -70,6 +71,30 @@ def detector_table(
             else:
                 row["n"] = int(tm.sum())
             rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def judge_calls(det: DetectorResult) -> int:
+    """Judge calls per scored response (Meta Ranking's comparisons; 0 for the other detectors)."""
+    return int(det.estimator.calls_per_response) if det.estimator is not None else 0
+
+
+def task_table(table, span: str, min_per_class: int = 5):
+    """The headline view, one row per detector on ``span``: AUROC and PRR averaged over tasks
+    (macro; the tasks with at least ``min_per_class`` wrong and right test responses), each
+    task's AUROC, and, secondary and labelled so, the AUROC pooled over all test responses."""
+
+    t = table[(table.span == span) & (table.status == "ok")]
+    rows = []
+    for det, g in t.groupby("detector", sort=False):
+        per = g[(g.task != "all") & (g.n_errors >= min_per_class) & (g.n - g.n_errors >= min_per_class)]
+        pooled = g[g.task == "all"]
+        row = {"detector": det, "label": SHORT.get(det, det), "auroc_macro": _nanmean(per.auroc),
+               "prr_macro": _nanmean(per.prr), "tasks": int(per.auroc.notna().sum())}  # fmt: skip
+        row.update({f"auroc/{r.task}": float(r.auroc) for _, r in per.iterrows()})
+        row["auroc_pooled (secondary)"] = float(pooled.auroc.iloc[0]) if len(pooled) else float("nan")
+        row["judge_calls_per_response"] = int(g.judge_calls_per_response.iloc[0])
+        rows.append(row)
     return pd.DataFrame(rows)
 
 
@@ -93,7 +118,8 @@ def display_table(table, task: str = "all", span: str | None = None, digits: int
             "AUPRC [95% CI]": ci(r, "auprc"), "base rate": r.get("base_rate"),
             "PRR [95% CI]": ci(r, "prr"), "F1 [95% CI]": ci(r, "f1"),
             "F1 always-error": r.get("always_error_f1"), "F1 random": r.get("random_f1"),
-            "flag rate": r.get("flag_rate"), "status": "" if r.status == "ok" else r.status[:60],
+            "flag rate": r.get("flag_rate"), "judge calls": r.get("judge_calls_per_response", 0),
+            "status": "" if r.status == "ok" else r.status[:60],
         })  # fmt: skip
     return pd.DataFrame(rows)
 

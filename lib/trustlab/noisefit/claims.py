@@ -4,8 +4,9 @@ Every claim compares a method with a baseline on one metric, paired by training 
 (``trustlab.core.claims.seed_row``). ``method`` and ``baseline`` name a variant, run in the
 default fine-tuning set, or ``<variant>@new_facts`` for the stress test that adds new facts to
 the fine-tuning set; ``base`` is the base model, evaluated once and paired with every seed
-(its greedy numbers do not depend on the seed). Every metric is a share, so its range is
-(0, 1). A claim whose runs are missing, or whose metric is NaN, is kept as ``not evaluated``.
+(its greedy numbers do not depend on the seed). Every metric is measured on the *test* people
+(the validation people chose the noise scales, ``trustlab.noisefit.tuning``) and is a share,
+so its range is (0, 1). A claim whose runs are missing, or whose metric is NaN, is kept as ``not evaluated``.
 
 Background on the methods and the paper's numbers: docs/methods/noisefit.md.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from trustlab.core.claims import ClaimSpec, check_specs, seed_row, unevaluated_row
+from trustlab.noisefit.tuning import source
 
 FAMILY = "noisefit"
 PAPER = "Noise Augmented Fine Tuning for Mitigating Hallucinations in LLMs (2025)"
@@ -82,8 +84,20 @@ def per_seed(rows: list[dict[str, Any]], name: str, metric: str) -> dict[int, fl
             for r in rows if r["variant"] == variant and r["setting"] == setting}  # fmt: skip
 
 
-def claim_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One engine row per claim in :data:`CLAIMS` from the results' run rows."""
+def tuned_note(spec: ClaimSpec, tuning: dict[str, dict[str, Any]] | None) -> str:
+    """``"; tuned on validation people: NoiseFiT-Largest sigma0 = 0.03, ..."`` for the arms whose
+    noise scale was chosen by the sweep (the ablations use their source variant's value)."""
+    parts = []
+    for name in (spec.method, spec.baseline):
+        src = source(arm(name)[0]) if arm(name)[0] != "base" else None
+        if tuning and src in tuning:
+            parts.append(f"{arm(name)[0]} {tuning[src]['param']} = {tuning[src]['value']:g}")
+    return f"; tuned on validation people: {', '.join(parts)}" if parts else ""
+
+
+def claim_rows(rows: list[dict[str, Any]], tuning: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """One engine row per claim in :data:`CLAIMS` from the results' run rows (test people);
+    ``tuning`` (``Results.tuning``) names the chosen noise scales in each row's note."""
     out = []
     for spec in CLAIMS:
         method = per_seed(rows, spec.method, spec.metric)
@@ -97,5 +111,5 @@ def claim_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         seeds = sorted(set(method) & set(baseline))
         protocol = "sampled decoding" if spec.metric.startswith("s_") else "greedy decoding"
         out.append(seed_row(FAMILY, spec, {s: method[s] for s in seeds}, {s: baseline[s] for s in seeds},
-                            note=f"{protocol}, seeds {seeds}"))  # fmt: skip
+                            note=f"{protocol}, seeds {seeds}{tuned_note(spec, tuning)}"))  # fmt: skip
     return out

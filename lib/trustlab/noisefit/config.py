@@ -13,6 +13,11 @@ Defaults follow the paper's public v1 code (docs/methods/noisefit.md) where it a
 * ``detach_teacher: true`` (v2 and the sane choice); ``false`` is the paper's v1 behaviour;
 * k = 2 rather than the paper's 3 of 16-32 layers: our base GPT has few layers, and with
   k = 3 of 4 the Largest and Lowest sets would share two layers;
+* the noise scales are tuned, not fixed (``trustlab.noisefit.tuning``): NoiseFiT's ``sigma0``
+  (for Largest and for Lowest) and NEFTune's ``alpha`` each get the same number of trials on a
+  validation split of people that the test metrics never see, ``tune_seeds`` seeds each; the
+  chosen values then run on every seed of ``seeds``. ``sigma0`` / ``neftune_alpha`` are used
+  as they are only when ``tune: false`` (or for a variant that is not swept);
 * decoding: greedy plus the paper's 5 samples at T = 0.5, top-p 0.9, top-k 40, repetition
   penalty 1.2.
 
@@ -28,15 +33,14 @@ from typing import Literal
 from trustlab.core.config import ConfigError, Section
 from trustlab.noisefit.variants import VARIANTS
 
+# the variants that answer a claim (trustlab.noisefit.claims); R-Drop and the other loss-term
+# ablations (noisefit_ce_only, noisefit_no_consistency, noisefit_no_soft) answer none and stay
+# runnable through ``variants``
 DEFAULT_VARIANTS = [
     "sft",
     "neftune",
-    "rdrop",
     "noisefit_largest",
     "noisefit_lowest",
-    "noisefit_ce_only",
-    "noisefit_no_consistency",
-    "noisefit_no_soft",
     "noisefit_kl_only",
     "noisefit_consistency_only",
 ]
@@ -85,7 +89,7 @@ class NoiseFitConfig(Section):
 
     # what to run
     variants: list[str] = field(default_factory=lambda: list(DEFAULT_VARIANTS))
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
     export_seed: int = 0  # the seed whose fine-tuned models go to <data_dir>/models/noisefit/<variant>/
     export: bool = True
     base_model: str = "models/base"  # relative to data_dir (or absolute)
@@ -108,6 +112,13 @@ class NoiseFitConfig(Section):
     rdrop_dropout: float = 0.1
     rdrop_weight: float = 1.0
 
+    # the validation split and the equal-budget tuning (trustlab.noisefit.tuning)
+    validation_fraction: float = 0.5  # share of held-out and of non-existent test people kept for validation
+    tune: bool = True
+    tune_seeds: list[int] = field(default_factory=lambda: [100, 101])  # seeds of every sweep trial
+    sigma0_grid: list[float] = field(default_factory=lambda: [0.01, 0.03, 0.1, 0.3])
+    neftune_alpha_grid: list[float] = field(default_factory=lambda: [0.3, 1.0, 3.0, 10.0])
+
     # fine-tuning (shared by every variant)
     steps: int = 80
     lr: float = 2e-4
@@ -126,6 +137,7 @@ class NoiseFitConfig(Section):
     decoding: DecodingConfig = field(default_factory=DecodingConfig)
     max_eval_items: int = 200  # per evaluation split (a fixed subset, the same for every model)
     threads: int | None = None
+    workers: int = 0  # parallel runs (trustlab.core.parallel): 0 = every core, 1 = serial in this process
 
     def validate(self) -> None:
         allowed = list(VARIANTS)
@@ -163,6 +175,17 @@ class NoiseFitConfig(Section):
         self.check_range("max_train_examples", 1)
         self.check_range("max_eval_items", 1)
         self.check_range("threads", 1)
+        self.check_range("workers", 0)
+        self.check_range("validation_fraction", 0, 1, lo_open=True, hi_open=True)
+        if not self.tune_seeds or len(set(self.tune_seeds)) != len(self.tune_seeds):
+            self.fail("tune_seeds", "at least one seed, distinct")
+        self.check_range("tune_seeds", 0)
+        for name in ("sigma0_grid", "neftune_alpha_grid"):
+            grid = getattr(self, name)
+            if not grid or len(set(grid)) != len(grid) or min(grid) <= 0:
+                self.fail(name, "distinct values > 0")
+        if len(self.sigma0_grid) != len(self.neftune_alpha_grid):
+            self.fail("neftune_alpha_grid", f"as many trials as sigma0_grid ({len(self.sigma0_grid)}): equal budgets")
 
     def check_model(self, n_layer: int) -> None:
         """Raise a ConfigError when ``k`` exceeds the model's number of decoder layers."""

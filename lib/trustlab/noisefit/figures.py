@@ -102,3 +102,39 @@ def plot_step_time(results: Results):
     ax.set_title("training cost relative to SFT (same run)")
     fig.tight_layout()
     return fig
+
+
+DOSE_PANELS = (("halluc_qa_heldout", "hallucination, held-out people"),
+               ("abstain_nonexistent_test", "abstention, non-existent people"),
+               ("em_qa_train", "exact match, train people"))  # fmt: skip
+
+
+def plot_dose_response(results: Results):
+    """The sweeps as dose-response curves: x = the measured relative noise at the injection
+    point (RMS noise / RMS activation, mean over training), y = validation rates; one line per
+    swept variant (mean over the tuning seeds, the seeds as dots), the chosen value ringed."""
+    df = pd.DataFrame(results.sweep)
+    fig, axes = plt.subplots(1, len(DOSE_PANELS), figsize=(12, 3.4))
+    if df.empty:
+        axes[0].set_title("no noise-scale sweep was run (tune: false)")
+        return fig
+    colors = {"noisefit_largest": "tab:blue", "noisefit_lowest": "tab:red", "neftune": "tab:green"}
+    for ax, (metric, title) in zip(axes, DOSE_PANELS):
+        for variant, sub in df.groupby("variant", sort=False):
+            color = colors.get(variant, "tab:gray")
+            mean = sub.groupby("value")[["noise_ratio", metric]].mean().sort_index()
+            ax.plot(mean.noise_ratio, mean[metric], "-o", color=color, label=label(variant), ms=4)
+            ax.scatter(sub.noise_ratio, sub[metric], color=color, alpha=0.3, s=10)
+            chosen = results.tuning.get(variant, {}).get("value")
+            if chosen in mean.index:
+                ax.scatter([mean.noise_ratio[chosen]], [mean[metric][chosen]], s=140, facecolors="none",
+                           edgecolors=color, linewidths=1.5)  # fmt: skip
+        ax.set_xscale("log")
+        ax.set_xlabel("RMS(noise) / RMS(activation) at the injection point")
+        ax.set_title(title, fontsize=10)
+        ax.set_ylim(-0.03, 1.03)
+    axes[0].set_ylabel("rate (validation people)")
+    axes[0].legend(fontsize=8)
+    fig.suptitle("noise dose-response (sweeps; ringed = chosen by the validation rule)", fontsize=10)
+    fig.tight_layout()
+    return fig

@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 
 from trustlab.lm.hooks import add_block_hook, decoder_blocks
-from trustlab.noisefit.noise import NOISE_SCALES, add_noise, scale_multiplier
+from trustlab.noisefit.noise import NOISE_SCALES, adaptive_noise, relative_rms, scale_multiplier
 
 _ATTR = "_trustlab_noisefit_injector"
 
@@ -63,6 +63,7 @@ class NoiseInjector:
         self._active = False
         self._token_mask: torch.Tensor | None = None
         self.calls = 0  # number of hidden states noised (for tests and logging)
+        self.ratio_sum = 0.0  # sum over noised hidden states of RMS(noise) / RMS(h) (the dose actually given)
 
     # -- registration -----------------------------------------------------------------------
     @property
@@ -111,6 +112,11 @@ class NoiseInjector:
         finally:
             self._active, self._token_mask = prev
 
+    @property
+    def mean_ratio(self) -> float:
+        """Mean RMS(noise) / RMS(h) over every hidden state noised so far (NaN before any)."""
+        return self.ratio_sum / self.calls if self.calls else float("nan")
+
     def _make_fn(self, block: nn.Module):
         def fn(h: torch.Tensor):
             if not (self._active and block.training):
@@ -118,7 +124,9 @@ class NoiseInjector:
             mask = self._token_mask
             if mask is not None and mask.shape != h.shape[:2]:
                 mask = None  # e.g. a cached decoding step: fall back to all tokens
+            noise = adaptive_noise(h, self.s, self.beta, mask, self.generator)
             self.calls += 1
-            return add_noise(h, self.s, self.beta, mask, self.generator)
+            self.ratio_sum += relative_rms(noise, h, mask)
+            return h + noise
 
         return fn

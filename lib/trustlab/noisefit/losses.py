@@ -162,6 +162,8 @@ class NEFTune:
         self._handle = None
         self._mask: torch.Tensor | None = None
         self.last_magnitude: torch.Tensor | None = None  # (B,) m of the last noised batch
+        self.calls = 0
+        self.ratio_sum = 0.0  # sum over noised batches of RMS(noise) / RMS(embeddings), real tokens
 
     @property
     def attached(self) -> bool:
@@ -215,7 +217,16 @@ class NEFTune:
         self.last_magnitude = m.detach()
         u = torch.empty_like(output).uniform_(-1.0, 1.0)
         noise = u * m.to(output.dtype)[:, None, None] * real.to(output.dtype)[..., None]
+        with torch.no_grad():
+            keep = real.bool()
+            self.ratio_sum += float(noise[keep].pow(2).mean().sqrt() / output[keep].pow(2).mean().sqrt().clamp(min=1e-6))
+        self.calls += 1
         return output + noise
+
+    @property
+    def mean_ratio(self) -> float:
+        """Mean RMS(noise) / RMS(embeddings) over the noised batches (NaN before any)."""
+        return self.ratio_sum / self.calls if self.calls else float("nan")
 
 
 def neftune_magnitude(alpha: float, length: int, dim: int) -> float:

@@ -74,6 +74,10 @@ class NoiseFitModule(CausalLMModule):
         (empty for the baselines)."""
         return self.objective.selection_info()
 
+    def noise_ratio(self) -> float:
+        """Mean relative noise magnitude RMS(noise) / RMS(activation) at the injection point."""
+        return self.objective.noise_ratio()
+
     def release(self) -> None:
         """Remove hooks and restore dropout: the model is then a plain model again."""
         self.objective.release(self)

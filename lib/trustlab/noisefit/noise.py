@@ -96,6 +96,14 @@ def adaptive_noise(
     return eps * scale
 
 
+@torch.no_grad()
+def relative_rms(noise: torch.Tensor, h: torch.Tensor, token_mask: torch.Tensor | None = None) -> float:
+    """RMS(noise) / RMS(h) over the real tokens: the relative noise magnitude at the injection
+    point (the dose-response axis, comparable between NoiseFiT and NEFTune)."""
+    n, x = _masked(noise.detach().float(), token_mask), _masked(h.detach().float(), token_mask)
+    return float(n.pow(2).mean().sqrt() / x.pow(2).mean().sqrt().clamp(min=EPS))
+
+
 def add_noise(
     h: torch.Tensor,
     s: float,

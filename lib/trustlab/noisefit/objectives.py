@@ -91,6 +91,11 @@ class Objective:
         """The per-layer SNR and selected layers (empty for objectives that select none)."""
         return {}
 
+    def noise_ratio(self) -> float:
+        """Mean RMS(noise) / RMS(the activation it is added to) at the injection point in training
+        (NaN for objectives that inject no noise)."""
+        return float("nan")
+
 
 @OBJECTIVES.register("sft")
 class SFT(Objective):
@@ -109,6 +114,9 @@ class NEFTuneObjective(Objective):
 
     def release(self, module) -> None:
         self.neftune.detach()
+
+    def noise_ratio(self) -> float:
+        return self.neftune.mean_ratio
 
     def loss(self, module, batch):
         self.enter(module)
@@ -211,6 +219,9 @@ class NoiseFiT(Objective):
             "selection": self.selection,
             "noise_scale": self.cfg.noise_scale,
         }
+
+    def noise_ratio(self) -> float:
+        return self.injector.mean_ratio if self.injector is not None else float("nan")
 
     def enter(self, module) -> None:
         if self.injector is not None:

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from trustlab.core.claims import count_verdicts
-from trustlab.noisefit import tables
+from trustlab.noisefit import tables, tuning
 from trustlab.noisefit.claims import arm
 from trustlab.noisefit.run import FAMILY, Results
 from trustlab.noisefit.variants import label
@@ -82,8 +82,8 @@ def findings(results: Results, claims: list[dict[str, Any]]) -> str:
         f"{sum(r['setting'] != 'base' for r in results.rows)} fine-tuning runs: {len(c['variants'])} variants x "
         f"{len(c['seeds'])} seed(s) of {c['steps']} steps x batch {c['batch_size']}"
         + (f", plus the new-facts setting for {', '.join(c['new_facts_variants'])}" if c["include_new_facts"] else "")
-        + f"; k = {c['k']}, sigma0 = {c['sigma0']} ({c['noise_scale']} convention), alpha = {c['alpha']}, "
-        f"lambda = {c['lambda_consistency']}."
+        + f"; k = {c['k']}, {c['noise_scale']} noise convention, alpha = {c['alpha']}, "
+        f"lambda = {c['lambda_consistency']}; test metrics on the test people only."
     ]
 
     def val(v, m):
@@ -105,6 +105,7 @@ def findings(results: Results, claims: list[dict[str, Any]]) -> str:
                        f"well-formed answers on held-out people {val(v, 'valid_qa_heldout'):.1%} (NoiseFiT-Largest "
                        f"{val('noisefit_largest', 'em_qa_train'):.1%} and "
                        f"{val('noisefit_largest', 'valid_qa_heldout'):.1%}).")  # fmt: skip
+    out += sweep_findings(results)
     steps = tables.step_time_table(results)
     if len(steps):
         d = steps[steps.setting == "default"]
@@ -116,6 +117,45 @@ def findings(results: Results, claims: list[dict[str, Any]]) -> str:
     out.append(f"Claim verdicts: {n['supported']} supported, {n['not supported']} not supported, "
                f"{n['inconclusive']} inconclusive, {n['not evaluated']} not evaluated.")  # fmt: skip
     return "\n".join(f"- {s}" for s in out)
+
+
+def non_monotone(values: list[float], drop: float = 0.1) -> bool:
+    """True when a curve falls by more than ``drop`` and later recovers by more than ``drop``
+    (a collapse at one scale, a recovery at a larger one)."""
+    for i in range(len(values)):
+        for j in range(i + 1, len(values)):
+            if values[i] - values[j] > drop and any(values[k] - values[j] > drop for k in range(j + 1, len(values))):
+                return True
+    return False
+
+
+def sweep_findings(results: Results) -> list[str]:
+    """The sweeps in words: the rule, each grid with its measured noise and validation score,
+    the chosen value, and, where a curve collapses then recovers, what changed along it."""
+    sweep = tables.sweep_table(results)
+    if sweep.empty:
+        return ["The noise scales were not tuned (tune: false): every variant ran at its params value."]
+    out = [f"Noise-scale tuning: every swept variant gets {len(results.tuning[next(iter(results.tuning))]['grid'])} "
+           f"values x {len(results.config['tune_seeds'])} seed(s) on the validation people; rule: {tuning.RULE}."]
+    for variant, sub in sweep.groupby("variant", sort=False):
+        c = results.tuning[variant]
+        points = ", ".join(f"{r.value:g} (noise/act {r.noise_ratio:.3g}, score {r.score:.3f}, train EM "
+                           f"{r.em_qa_train:.2f})" for r in sub.itertuples())  # fmt: skip
+        none_effect = c["value"] == min(c["grid"])
+        out.append(f"{label(variant)} {c['param']}: {points}; chosen {c['value']:g}"
+                   + (" — the smallest value, i.e. the rule prefers (almost) no noise" if none_effect else "") + ".")
+        em = sub.em_qa_train.tolist()
+        if non_monotone(em):
+            runs = [r for r in results.sweep if r["variant"] == variant]
+            layers = {x: sorted({r.get("selected_layers", "") for r in runs if r["value"] == x}) for x in sub.value}
+            per_unit = (sub.noise_ratio / sub.value).round(4).tolist()
+            changed = len({tuple(v) for v in layers.values()}) > 1
+            out.append(f"{label(variant)}: train exact match collapses and then recovers along the sweep "
+                       f"({', '.join(f'{x:.2f}' for x in em)}). Diagnostics: measured noise per unit "
+                       f"{c['param']} = {per_unit} (a falling value means the adaptive scale saturates); "
+                       f"selected layers {'change' if changed else 'stay the same'} across the grid "
+                       f"({'; '.join(f'{k:g}: {v}' for k, v in layers.items())}).")  # fmt: skip
+    return out
 
 
 def stage_outputs(results: Results, claims: list[dict[str, Any]]) -> StageOutputs:
@@ -130,8 +170,11 @@ def stage_outputs(results: Results, claims: list[dict[str, Any]]) -> StageOutput
             "table_new_facts": tables.summary_table(results, setting="new_facts"),
             "hallucination": tables.hallucination_table(results),
             "step_time": steps,
+            "sweep": tables.sweep_table(results),
+            "tuning": tables.tuning_table(results),
         },
         extra={
+            "tuning_rule": tuning.RULE,
             "claims_reading": {r["claim"]: reading(r) for r in claims},
             "exported": dict(results.exported),
             "config": results.config,
@@ -143,9 +186,14 @@ def stage_outputs(results: Results, claims: list[dict[str, Any]]) -> StageOutput
             "step_time": steps,
             "hallucination": tables.hallucination_long(results),
             "claims": claims_table(claims),
+            "sweep": tables.sweep_table(results),
         },
         timing={
             "training_seconds": results.seconds,
+            "cpu_seconds": results.cpu_seconds,
+            "workers": results.workers,
+            "cores_used": results.cpu_seconds / results.seconds if results.seconds else float("nan"),
+            "sweep_runs": tables.run_seconds(Results(rows=results.sweep)).to_dict(orient="records"),
             "step_time": tables.step_time_seconds(results).to_dict(orient="records"),
             "runs": tables.run_seconds(results).to_dict(orient="records"),
         },
@@ -168,6 +216,9 @@ def log_summary(
         run.log_table("hallucination", tables.hallucination_table(results, fmt=True))
         run.log_table("step_time", tables.step_time_table(results))
         run.log_table("claims", claims_table(claims))
+        if results.sweep:
+            run.log_table("sweep", tables.sweep_table(results))
+            run.log_table("tuning", tables.tuning_table(results))
         if results.snr:
             run.log_table("snr", pd.DataFrame(results.snr))
         for name, fig in (figures or {}).items():

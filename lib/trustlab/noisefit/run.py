@@ -1,16 +1,22 @@
-"""The ``noisefit`` stage's work: fine-tune the base model with every variant and seed, evaluate
-each model, collect everything in a :class:`Results`.
+"""The ``noisefit`` stage's work: tune the noise scales on the validation people, fine-tune the
+base model with every variant and seed at the chosen scales, evaluate each model on the test
+people, collect everything in a :class:`Results`.
 
     results = run_experiment(cfg, data_dir, tracker=WandbTracker(cfg.log_every))
 
-* :func:`plan`      (setting, variant, seed) in run order, SFT first within each seed (the
-  step-time reference);
-* :func:`prepare`   the base model, the world, the fine-tuning sets and the evaluation items;
+* :func:`plan`      (setting, variant, seed) of the test runs, SFT first within each seed;
+* :func:`prepare`   the base model, the world, the fine-tuning sets, the test and validation items;
 * :func:`finetune`  one variant on a copy of the base model;
-* :func:`run_one`   fine-tune, evaluate, export: one row of the results.
+* :func:`run_task`  fine-tune, evaluate, export one :class:`RunTask` -> a :class:`RunOutput`.
+
+Two phases, each a list of independent tasks through ``trustlab.core.parallel.run_tasks``
+(``workers`` processes, results in plan order, every run seeds itself, so the results do not
+depend on ``workers``): the sweeps of ``trustlab.noisefit.tuning`` (validation items), then the
+test runs at the chosen values (test items).
 
 **Cost**: the median training-step time of every run; ``step_ratio`` = that / SFT's median
-step time for the same seed and setting, measured in the same process.
+step time for the same seed and setting (runs in parallel share the CPU, so this is rougher
+with ``workers > 1``).
 
 Tracking goes through a ``tracker`` (``open(setting, variant, seed, config)`` -> a run log
 with ``on_step(row)`` and ``finish(row, metrics, selection)``); the default tracks nothing, the
@@ -21,6 +27,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
+import resource
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -30,10 +38,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from trustlab.core.progress import progress
+from trustlab.core.parallel import resolve_workers, run_tasks
 from trustlab.core.seeding import set_threads
 from trustlab.lm.hooks import decoder_blocks
 from trustlab.lm.training import fit
+from trustlab.noisefit import tuning
 from trustlab.noisefit.config import NoiseFitConfig
 from trustlab.noisefit.evaluation import evaluate
 from trustlab.noisefit.module import NoiseFitModule
@@ -50,7 +59,11 @@ class Results:
     curves: list[dict[str, Any]] = field(default_factory=list)  # training-curve rows with variant/seed/setting
     snr: list[dict[str, Any]] = field(default_factory=list)  # per (variant, seed, layer)
     exported: dict[str, str] = field(default_factory=dict)  # variant -> model folder, relative to data_dir
-    seconds: float = 0.0
+    sweep: list[dict[str, Any]] = field(default_factory=list)  # one per (variant, value, tuning seed), validation
+    tuning: dict[str, dict[str, Any]] = field(default_factory=dict)  # variant -> the chosen value (tuning.choose)
+    seconds: float = 0.0  # wall time of the stage's work
+    cpu_seconds: float = 0.0  # CPU time of this process and its workers over the same span
+    workers: int = 1
     config: dict[str, Any] = field(default_factory=dict)
 
 
@@ -142,6 +155,7 @@ class FinetuneResult:
     curve: list[dict[str, Any]]
     step_times: list[float]
     selection: dict[str, Any]
+    noise_ratio: float = float("nan")  # mean RMS(noise) / RMS(activation) at the injection point
 
     @property
     def step_time(self) -> float:
@@ -181,9 +195,8 @@ def finetune(
         **(trainer or {}),
     )
     model.eval()
-    return FinetuneResult(
-        model, module, res.seconds, res.steps, list(module.curve), list(module.step_times), module.selection_info()
-    )
+    return FinetuneResult(model, module, res.seconds, res.steps, list(module.curve), list(module.step_times),
+                          module.selection_info(), module.noise_ratio())  # fmt: skip
 
 
 # -- the whole stage ----------------------------------------------------------------------------
@@ -214,8 +227,9 @@ class Setup:
     base_name: str
     data_dir: Path
     world: World
-    items: dict[str, list[dict[str, Any]]]
+    items: dict[str, list[dict[str, Any]]]  # the test people (and qa_train, new_facts)
     datasets: dict[str, Any]
+    validation_items: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # the validation people
 
 
 def prepare(
@@ -248,7 +262,10 @@ def prepare(
         "default": finetune_dataset(world, tokenizer, block, max_examples=cfg.max_train_examples),
         "new_facts": finetune_dataset(world, tokenizer, block, new_facts=True, max_examples=cfg.max_train_examples),
     }
-    return Setup(model, tokenizer, base_name, data_dir, world, eval_items(world, cfg.max_eval_items), datasets)
+    frac = cfg.validation_fraction
+    return Setup(model, tokenizer, base_name, data_dir, world,
+                 eval_items(world, cfg.max_eval_items, part="test", validation_fraction=frac), datasets,
+                 eval_items(world, cfg.max_eval_items, part="validation", validation_fraction=frac))  # fmt: skip
 
 
 def evaluate_base(setup: Setup, cfg: NoiseFitConfig) -> dict[str, Any]:
@@ -267,47 +284,99 @@ def snr_rows(setting: str, variant: str, seed: int, selection: dict[str, Any]) -
             for layer, value in enumerate(selection["snr"])]  # fmt: skip
 
 
-def run_one(
-    setup: Setup,
-    cfg: NoiseFitConfig,
-    setting: str,
-    variant: str,
-    seed: int,
-    sft_step: dict[tuple[str, int], float],
-    results: Results,
-    *,
-    tracker,
-    trainer: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Fine-tune, evaluate and (for ``export_seed``) export one (setting, variant, seed); add
-    its row, curve and SNR to ``results``; return the row."""
+@dataclass
+class RunTask:
+    """One independent fine-tune + evaluation (picklable: it goes to a worker process)."""
+
+    setup: Setup
+    cfg: NoiseFitConfig  # with this run's noise scale
+    setting: str  # default | new_facts
+    variant: str
+    seed: int
+    part: str = "test"  # which items: test | validation (a sweep trial)
+    tracker: Any = None
+    trainer: dict[str, Any] | None = None
+    export: bool = False
+    param: str | None = None  # a sweep trial: the tuned knob ...
+    value: float | None = None  # ... and its value
+
+
+@dataclass
+class RunOutput:
+    row: dict[str, Any]
+    curve: list[dict[str, Any]]
+    snr: list[dict[str, Any]]
+    exported: str | None = None
+
+
+def sweep_config(cfg: NoiseFitConfig) -> NoiseFitConfig:
+    """A sweep trial evaluates greedily only: the rule reads greedy rates, and the sampling
+    protocol would cost about six greedy passes per trial."""
+    return dataclasses.replace(cfg, decoding=dataclasses.replace(cfg.decoding, greedy=True, n_samples=0))
+
+
+def run_task(task: RunTask) -> RunOutput:
+    """Fine-tune, evaluate and (``task.export``) export one run. A module-level function, so
+    that ``run_tasks`` can send it to worker processes."""
+    setup, cfg, setting, variant, seed = task.setup, task.cfg, task.setting, task.variant, task.seed
     label = get_variant(variant).label
-    run_cfg = {**cfg.to_dict(), "variant": variant, "seed": seed, "setting": setting}
-    with tracker.open(setting, variant, seed, run_cfg) as log:
+    sweep = task.part == "validation"
+    name = f"sweep-{task.param}={task.value:g}" if sweep else setting
+    run_cfg = {**cfg.to_dict(), "variant": variant, "seed": seed, "setting": setting, "part": task.part}
+    tracker = task.tracker or NoTracking()
+    with tracker.open(name, variant, seed, run_cfg) as log:
         ft = finetune(setup.base, setup.tokenizer, setup.datasets[setting], variant, seed, cfg, on_log=log.on_step,
-                      trainer=trainer)  # fmt: skip
+                      trainer=task.trainer)  # fmt: skip
         t0 = time.perf_counter()
-        metrics = evaluate(ft.model, setup.tokenizer, setup.items, setup.world, cfg, seed=seed)
+        items = setup.validation_items if sweep else setup.items
+        metrics = evaluate(ft.model, setup.tokenizer, items, setup.world, cfg, seed=seed)
         eval_s = time.perf_counter() - t0
-        if variant == "sft":
-            sft_step[(setting, seed)] = ft.step_time
-        ref = sft_step.get((setting, seed), sft_step.get(("default", seed), float("nan")))
         row = {"setting": setting, "variant": variant, "label": label, "seed": seed, "train_s": ft.seconds,
-               "eval_s": eval_s, "steps": ft.steps, "step_time": ft.step_time, "step_ratio": ft.step_time / ref,
-               "final_loss": ft.curve[-1]["loss"] if ft.curve else float("nan"), **metrics}  # fmt: skip
+               "eval_s": eval_s, "steps": ft.steps, "step_time": ft.step_time, "step_ratio": float("nan"),
+               "noise_ratio": ft.noise_ratio, "final_loss": ft.curve[-1]["loss"] if ft.curve else float("nan"),
+               **metrics}  # fmt: skip
+        if sweep:
+            row.update(part="validation", param=task.param, value=task.value)
+        snr = []
         if ft.selection:
             row["selected_layers"] = " ".join(map(str, ft.selection["selected_layers"]))
-            results.snr += snr_rows(setting, variant, seed, ft.selection)
-        results.rows.append(row)
-        results.curves += [{"setting": setting, "variant": variant, "seed": seed, **c} for c in ft.curve]
+            snr = snr_rows(setting, variant, seed, ft.selection)
         log.finish(row, metrics, ft.selection)
-        if cfg.export and setting == "default" and seed == cfg.export_seed:
+        exported = None
+        if task.export:
             out = Path("models") / "noisefit" / variant
             metadata = {"family": FAMILY, "variant": variant, "label": label, "seed": seed,
                         "base_model": setup.base_name, "selection": ft.selection, "noisefit": cfg.to_dict()}
             export_model(ft.model, setup.tokenizer, setup.data_dir / out, metadata)
-            results.exported[variant] = out.as_posix()
-    return row
+            exported = out.as_posix()
+    curve = [] if sweep else [{"setting": setting, "variant": variant, "seed": seed, **c} for c in ft.curve]
+    return RunOutput(row, curve, snr, exported)
+
+
+def add_step_ratios(rows: list[dict[str, Any]]) -> None:
+    """``step_ratio`` = step time / SFT's step time for the same seed and setting (the default
+    setting's SFT when the setting has none)."""
+    sft = {(r["setting"], r["seed"]): r["step_time"] for r in rows if r["variant"] == "sft"}
+    for r in rows:
+        ref = sft.get((r["setting"], r["seed"]), sft.get(("default", r["seed"]), float("nan")))
+        r["step_ratio"] = r["step_time"] / ref
+
+
+def cpu_seconds() -> float:
+    """CPU time (user + system) of this process and of its finished child processes."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def describe_row(row: dict[str, Any]) -> str:
+    name = row["variant"] if row["setting"] == "default" else f"{row['variant']}-{row['setting']}"
+    if row.get("part") == "validation":
+        name = f"{row['variant']} {row['param']}={row['value']:g}"
+    return (f"{name:28s} seed {row['seed']}: train {row['train_s']:5.1f}s ({row['step_time'] * 1e3:5.1f} ms/step) "
+            f"eval {row['eval_s']:4.1f}s  noise/act {row['noise_ratio']:.3g}  "
+            f"em_train {row.get('em_qa_train', float('nan')):.3f} "
+            f"halluc_heldout {row.get('halluc_qa_heldout', float('nan')):.3f} "
+            f"halluc_nonexist {row.get('halluc_nonexistent_test', float('nan')):.3f}")  # fmt: skip
 
 
 def run_experiment(
@@ -322,31 +391,53 @@ def run_experiment(
     log: Callable[[str], None] | None = print,
     trainer: dict[str, Any] | None = None,
 ) -> Results:
-    """Fine-tune and evaluate every planned run; export the ``export_seed`` models of the
-    default setting to ``<data_dir>/models/noisefit/<variant>/``.
+    """Tune the noise scales on the validation people, then fine-tune and evaluate every planned
+    run on the test people; export the ``export_seed`` models of the default setting to
+    ``<data_dir>/models/noisefit/<variant>/``.
 
     The base model is ``model`` + ``tokenizer`` when given (our GPT, or an ``HFCausalLM`` from
     ``trustlab.lm.hf_backend``), otherwise the checkpoint at ``base_model_dir`` or
     ``noisefit.base_model``. It is never modified: every run fine-tunes a copy. ``base_name``
     names an in-memory base model in the exported models' metadata. ``tracker``: where each
-    run is logged (default nowhere). ``trainer``: Lightning settings for every fine-tune."""
-    t_start = time.perf_counter()
-    tracker = tracker or NoTracking()
+    run is logged (default nowhere; it goes to the workers, so it must be picklable).
+    ``trainer``: Lightning settings for every fine-tune."""
+    t_start, cpu_start = time.perf_counter(), cpu_seconds()
     say = log or (lambda s: None)
     setup = prepare(cfg, data_dir, model=model, tokenizer=tokenizer, base_model_dir=base_model_dir,
                     base_name=base_name)  # fmt: skip
+    workers = resolve_workers(cfg.workers)
     say(f"base model {setup.base_name} ({describe_model(setup.base)}); fine-tuning sets: "
-        f"default {len(setup.datasets['default'])}, new_facts {len(setup.datasets['new_facts'])} examples")  # fmt: skip
-    results = Results(config=cfg.to_dict())
+        f"default {len(setup.datasets['default'])}, new_facts {len(setup.datasets['new_facts'])} examples; "
+        f"validation items {', '.join(f'{k} {len(v)}' for k, v in setup.validation_items.items() if v)}; "
+        f"{workers} worker(s)")  # fmt: skip
+    results = Results(config=cfg.to_dict(), workers=workers)
+
+    # phase 1: the sweeps, on the validation people
+    sweep_cfg = sweep_config(cfg)
+    sweep = [RunTask(setup, tuning.with_value(sweep_cfg, v, x), "default", v, seed, part="validation",
+                     tracker=tracker, trainer=trainer, param=tuning.knob(v), value=x)
+             for v, x, seed in tuning.trials(cfg)]  # fmt: skip
+    for out in run_tasks(run_task, sweep, workers=workers, desc="noisefit sweeps"):
+        results.sweep.append(out.row)
+        say(describe_row(out.row))
+    results.tuning = tuning.choose(results.sweep)
+    for v, c in results.tuning.items():
+        say(f"tuned {v}: {c['param']} = {c['value']:g} (validation score {c['score']:.3f})")
+
+    # phase 2: the base model and every planned run at the chosen values, on the test people
     results.rows.append(evaluate_base(setup, cfg))
-    sft_step: dict[tuple[str, int], float] = {}
-    for setting, variant, seed in progress(plan(cfg), desc="noisefit runs"):
-        row = run_one(setup, cfg, setting, variant, seed, sft_step, results, tracker=tracker, trainer=trainer)
-        name = variant if setting == "default" else f"{variant}-{setting}"
-        say(f"{name:28s} seed {seed}: train {row['train_s']:5.1f}s ({row['step_time'] * 1e3:5.1f} ms/step, "
-            f"x{row['step_ratio']:.2f} SFT) eval {row['eval_s']:4.1f}s  "
-            f"em_heldout {row.get('em_qa_heldout', float('nan')):.3f} "
-            f"halluc_heldout {row.get('halluc_qa_heldout', float('nan')):.3f} "
-            f"halluc_nonexist {row.get('halluc_nonexistent_test', float('nan')):.3f}")  # fmt: skip
+    runs = [RunTask(setup, tuning.tuned_config(cfg, v, results.tuning), setting, v, seed, tracker=tracker,
+                    trainer=trainer, export=cfg.export and setting == "default" and seed == cfg.export_seed)
+            for setting, v, seed in plan(cfg)]  # fmt: skip
+    outs = run_tasks(run_task, runs, workers=workers, desc="noisefit runs")
+    add_step_ratios([o.row for o in outs])
+    for out in outs:
+        results.rows.append(out.row)
+        results.curves += out.curve
+        results.snr += out.snr
+        if out.exported:
+            results.exported[out.row["variant"]] = out.exported
+        say(describe_row(out.row))
     results.seconds = time.perf_counter() - t_start
+    results.cpu_seconds = cpu_seconds() - cpu_start
     return results

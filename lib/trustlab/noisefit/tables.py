@@ -15,6 +15,7 @@ import pandas as pd
 from trustlab.core.stats import mean_std
 from trustlab.noisefit.config import EVAL_SPLITS
 from trustlab.noisefit.run import TIMING_COLUMNS, Results
+from trustlab.noisefit.tuning import score, source
 from trustlab.noisefit.variants import VARIANTS, get_variant
 from trustlab.noisefit.world import SETTINGS
 
@@ -239,3 +240,36 @@ def claims_frame(rows: Sequence[dict[str, Any]], readings: Sequence[str] | None 
     if readings is not None:
         frame["reading"] = list(readings)
     return frame
+
+
+# -- the noise-scale sweeps (validation people) -------------------------------------------------
+SWEEP_METRICS = ("noise_ratio", "halluc_qa_heldout", "halluc_nonexistent_test", "abstain_nonexistent_test",
+                 "em_qa_train", "em_qa_heldout", "valid_qa_heldout")  # fmt: skip
+
+
+def sweep_table(results: Results) -> pd.DataFrame:
+    """One row per (swept variant, value): mean over the tuning seeds of the measured relative
+    noise (RMS noise / RMS activation), the validation rates, the rule's score and which value
+    was chosen."""
+    df = pd.DataFrame(results.sweep)
+    if df.empty:
+        return pd.DataFrame()
+    df = df.assign(score=[score(r) for r in results.sweep])
+    metrics = [m for m in (*SWEEP_METRICS, "score") if m in df.columns]
+    out = df.groupby(["variant", "param", "value"], sort=False)[metrics].mean().reset_index()
+    out.insert(1, "label", [get_variant(v).label for v in out.variant])
+    out.insert(4, "n_seeds", df.groupby(["variant", "param", "value"], sort=False).size().to_numpy())
+    out["chosen"] = [results.tuning.get(v, {}).get("value") == x for v, x in zip(out.variant, out.value)]
+    return out
+
+
+def tuning_table(results: Results) -> pd.DataFrame:
+    """The chosen value of every swept variant, its validation score, and the variants that use it."""
+    used = [v for v in dict.fromkeys(r["variant"] for r in results.rows) if v != "base"]
+    rows = []
+    for variant, c in results.tuning.items():
+        rows.append({"variant": variant, "label": get_variant(variant).label, "param": c["param"],
+                     "chosen": c["value"], "validation_score": c["score"], "trials": len(c["grid"]),
+                     "grid": " ".join(f"{x:g}" for x in c["grid"]),
+                     "used_by": ", ".join(v for v in used if source(v) == variant)})  # fmt: skip
+    return pd.DataFrame(rows)

@@ -4,8 +4,10 @@
 Each (setting, variant, seed) is one W&B run named ``<variant>-seed<seed>`` (``-new_facts``
 for the stress test) that logs the loss components ``noisefit/ce``, ``noisefit/soft``,
 ``noisefit/consistency``, ``noisefit/total`` every ``log_every`` steps and, at the end, the
-evaluation metrics (``eval/<metric>``), the step time and its ratio to SFT, the per-layer SNR
-and the selected layers.
+evaluation metrics (``eval/<metric>``), the step time, the measured relative noise
+(``noisefit/noise_ratio``), the per-layer SNR and the selected layers. A sweep trial is one
+run named ``<variant>-sweep-<knob>=<value>-seed<seed>``. The tracker is picklable: each worker
+process opens its own runs.
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ class WandbRunLog:
 
     def finish(self, row: dict[str, Any], metrics: dict[str, float], selection: dict[str, Any]) -> None:
         summary = {f"eval/{k}": v for k, v in metrics.items()}
-        summary.update({"noisefit/step_time": row["step_time"], "noisefit/step_ratio": row["step_ratio"],
+        # the ratio to SFT is known only once every run is done: it is in the summary run's step_time table
+        summary.update({"noisefit/step_time": row["step_time"], "noisefit/noise_ratio": row["noise_ratio"],
                         "train_s": row["train_s"]})  # fmt: skip
         if selection:
             summary["noisefit/selected_layers"] = selection["selected_layers"]

@@ -4,8 +4,13 @@
   (answer = the abstention string) for ``nonexistent_train``. Setting ``new_facts`` adds the
   ``new_facts`` QA (people whose biographies were withheld from pretraining; Gekhman et al.
   2024).
+* **Validation and test people**: a fixed, seeded share (``validation_fraction``) of the
+  ``qa_heldout`` people and of the ``nonexistent_test`` people is kept for *validation* (the
+  noise-scale sweeps choose on it); the test metrics use only the other people. The split is by
+  person, so no question about a validation person is ever a test item.
 * **Evaluation items**: a fixed subset of ``qa_train``, ``qa_heldout``, ``new_facts`` and
-  ``nonexistent_test``, the same for every model.
+  ``nonexistent_test`` (their test people), the same for every model; the validation items are
+  ``qa_train`` and the validation people of ``qa_heldout`` and ``nonexistent_test``.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ from trustlab.data.tasks import WORLD_QA_SPLITS, load_people, load_task
 from trustlab.noisefit.config import EVAL_SPLITS
 
 SETTINGS = ("default", "new_facts")
+SPLIT_BY_PERSON = ("qa_heldout", "nonexistent_test")  # the splits whose people are shared by validation and test
+PARTS = ("test", "validation")
 
 
 @dataclass
@@ -66,11 +73,42 @@ def finetune_dataset(
     return PairDataset(tokenizer, pairs, block_size)
 
 
-def eval_items(world: World, max_items: int, seed: int = 0) -> dict[str, list[dict[str, Any]]]:
-    """A fixed subset (at most ``max_items``) of every evaluation split, the same for every model."""
+def validation_people(rows: list[dict[str, Any]], fraction: float, seed: int = 0) -> set[str]:
+    """A fixed, seeded ``fraction`` of the people of ``rows`` (at least one, and one fewer than
+    all when there are two or more, so that both parts have people)."""
+    people = sorted({r["person_id"] for r in rows})
+    if not people:
+        return set()
+    n = min(max(1, round(fraction * len(people))), max(1, len(people) - 1))
+    pick = np.random.default_rng([seed, 7919]).choice(len(people), n, replace=False)
+    return {people[i] for i in pick}
+
+
+def split_part(world: World, split: str, part: str, fraction: float, seed: int = 0) -> list[dict[str, Any]]:
+    """The records of ``split`` in ``part``: ``test`` or ``validation`` people for the splits in
+    :data:`SPLIT_BY_PERSON`; every record of the other splits (``test`` only, except
+    ``qa_train``, whose questions were trained on and are in both parts)."""
+    if part not in PARTS:
+        raise ValueError(f"part = {part!r} is not allowed: choose one of {', '.join(PARTS)}")
+    rows = world.splits.get(split, [])
+    if split not in SPLIT_BY_PERSON:
+        return rows if (part == "test" or split == "qa_train") else []
+    val = validation_people(rows, fraction, seed)
+    return [r for r in rows if (r["person_id"] in val) == (part == "validation")]
+
+
+def eval_items(
+    world: World, max_items: int, seed: int = 0, *, part: str = "test", validation_fraction: float | None = None
+) -> dict[str, list[dict[str, Any]]]:
+    """A fixed subset (at most ``max_items``) of every evaluation split, the same for every
+    model. With ``validation_fraction``, the ``part`` (``test`` or ``validation``) of the people
+    of :data:`SPLIT_BY_PERSON` (see :func:`split_part`); without it, every record (no split)."""
     out = {}
     for i, split in enumerate(EVAL_SPLITS):
-        rows = world.splits.get(split, [])
+        if validation_fraction is None:
+            rows = world.splits.get(split, [])
+        else:
+            rows = split_part(world, split, part, validation_fraction, seed)
         if len(rows) > max_items:
             idx = np.sort(np.random.default_rng([seed, i]).choice(len(rows), max_items, replace=False))
             rows = [rows[j] for j in idx]

@@ -375,16 +375,23 @@ def headline_rows(metrics: Mapping[str, Any]) -> list[tuple[str, str]]:
     return rows
 
 
+def pretraining_timing(reports_dir: Path) -> dict[str, Any]:
+    """The base model's ``reports/base_model/timing.json`` (empty when it has none)."""
+    path = reports_dir / "base_model" / "timing.json"
+    return _read_object(path) if path.is_file() else {}
+
+
 def pretraining_seconds(reports_dir: Path) -> float | None:
     """The base model's pretraining time: ``reports/base_model/timing.json`` ``stage_seconds``."""
-    path = reports_dir / "base_model" / "timing.json"
-    return _finite_or_none(_read_object(path).get("stage_seconds")) if path.is_file() else None
+    return _finite_or_none(pretraining_timing(reports_dir).get("stage_seconds"))
 
 
-def wall_times(stages: Sequence[StageReport], pretraining: float | None = None) -> list[tuple[str, str | None, float | None]]:
-    """(row label, profile, seconds): each run stage's notebook, and before the base model's
-    report its pretraining (``pretraining``, else the ``stage_seconds`` headline number an
-    older report carries)."""
+def wall_times(
+    stages: Sequence[StageReport], pretraining: float | None = None, pretraining_cores: float | None = None
+) -> list[tuple[str, str | None, float | None, float | None]]:
+    """(row label, profile, seconds, CPU cores used on average): each run stage's notebook, and
+    before the base model's report its pretraining (``pretraining``, else the ``stage_seconds``
+    headline number an older report carries)."""
     entries = []
     for s in stages:
         if s.status == "not run":
@@ -394,8 +401,8 @@ def wall_times(stages: Sequence[StageReport], pretraining: float | None = None) 
             if pre is None:
                 pre = _finite_or_none((s.metrics.get("headline") or {}).get("stage_seconds"))
             if pre is not None:
-                entries.append(("base_model (pretraining)", s.profile, pre))
-        entries.append((s.name, s.profile, s.wall_time_s))
+                entries.append(("base_model (pretraining)", s.profile, pre, pretraining_cores))
+        entries.append((s.name, s.profile, s.wall_time_s, _finite_or_none(s.timing.get("cpu_cores"))))
     return entries
 
 
@@ -425,7 +432,8 @@ def render_wandb_section(info: WandbInfo) -> str:
 
 
 def render_page(stages: Sequence[StageReport], claims: Sequence[Mapping[str, Any]], prov: Provenance,
-                wandb: WandbInfo, pretraining: float | None = None) -> str:  # fmt: skip
+                wandb: WandbInfo, pretraining: float | None = None,
+                pretraining_cores: float | None = None) -> str:  # fmt: skip
     counts = count_verdicts(claims)
     families = [s for s in stages if s.kind == "family"]
     run = [s.name for s in families if s.status != "not run"]
@@ -434,7 +442,7 @@ def render_page(stages: Sequence[StageReport], claims: Sequence[Mapping[str, Any
              + ", ".join(f"{counts[v]} {v}" for v in VERDICTS)
              + ". The effect is method \u2212 baseline with its 95% CI; click a column header to sort, "
              "pick a family or a verdict to filter.")  # fmt: skip
-    wall = wall_times(stages, pretraining)
+    wall = wall_times(stages, pretraining, pretraining_cores)
     dirty = {True: "dirty (uncommitted changes to tracked files)", False: "clean", None: "unknown"}[prov.git_dirty]
     views = []
     for s in stages:
@@ -459,7 +467,7 @@ def render_page(stages: Sequence[StageReport], claims: Sequence[Mapping[str, Any
         threads_text=threads_text(prov.machine),
         section_digests=[(k, v) for k, v in prov.params_digests.items() if k != "all"],
         wall_times=wall,
-        wall_total=sum(t or 0.0 for _, _, t in wall),
+        wall_total=sum(t or 0.0 for _, _, t, _ in wall),
         fmt_seconds=fmt_seconds,
         wandb=wandb,
     )
@@ -490,7 +498,8 @@ def build_front_page(
     collected = collect_stages(reports_dir, stages)
     claims = gather_claims(collected, reports_dir)
     prov = collect_provenance(params, lock_path, data_dir)
-    html = render_page(collected, claims, prov, wandb, pretraining_seconds(reports_dir))
+    html = render_page(collected, claims, prov, wandb, pretraining_seconds(reports_dir),
+                       _finite_or_none(pretraining_timing(reports_dir).get("cpu_cores")))
     claims_json, claims_csv = write_claims(claims, reports_dir)
     page = io.atomic_write_text(reports_dir / "index.html", html)
     return FrontPage(page, claims_json, claims_csv, collected, claims)

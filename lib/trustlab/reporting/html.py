@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import os
 import re
 from pathlib import Path
@@ -39,12 +40,49 @@ def remote_references(html: str) -> list[str]:
     return tags + _REMOTE_IMPORT.findall(html) + _REMOTE_CSS_URL.findall(html)
 
 
+# $$display$$ and $inline$ TeX in markdown (not an escaped \$ and not a lone $ in prose)
+_DISPLAY_MATH = re.compile(r"\$\$(.+?)\$\$", re.S)
+_INLINE_MATH = re.compile(r"(?<![\\$\w])\$(?!\s)([^$\n]+?)(?<!\s)\$(?![\w$])")
+
+
+def tex_to_mathml(text: str) -> str:
+    """Replace the TeX formulas of a markdown text by MathML, which browsers render natively:
+    the report needs no MathJax from the network and shows no raw ``$$``. A formula the
+    converter cannot read is kept as code, visibly."""
+    from latex2mathml.converter import convert
+
+    def sub(display: bool):
+        def repl(m: re.Match) -> str:
+            tex = m.group(1).strip()
+            try:
+                mathml = convert(tex, display="block" if display else "inline")
+            except Exception:  # the converter raises its own error types on unknown commands
+                return f"<code>{html.escape(tex)}</code>"
+            return mathml.replace("\n", "")
+
+        return repl
+
+    return _INLINE_MATH.sub(sub(False), _DISPLAY_MATH.sub(sub(True), text))
+
+
+def _render_math(nb) -> None:
+    for cell in nb.cells:
+        if cell.cell_type == "markdown":
+            cell.source = tex_to_mathml(cell.source)
+        for out in cell.get("outputs", []):
+            data = out.get("data") or {}
+            if "text/markdown" in data:
+                data["text/markdown"] = tex_to_mathml(data["text/markdown"])
+
+
 def render_html(notebook_path: str | os.PathLike, html_path: str | os.PathLike, title: str | None = None) -> Path:
-    """Render an executed notebook: inputs hidden, figures embedded, no remote assets."""
+    """Render an executed notebook: inputs hidden, figures embedded, formulas as MathML, no
+    remote assets."""
     import nbformat
     from nbconvert import HTMLExporter
 
     nb = nbformat.read(str(notebook_path), as_version=4)
+    _render_math(nb)
     # Widget state (e.g. from tqdm.auto) would make the page load a widget manager from a CDN.
     nb.metadata.pop("widgets", None)
     exporter = HTMLExporter(

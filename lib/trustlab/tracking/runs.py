@@ -153,7 +153,9 @@ class Run:
         try:
             fn(*args, **kwargs)
         except Exception as exc:  # tracking must never take a stage down
-            _warn_once(f"W&B {what} failed ({exc!r}); continuing with local files only")
+            self.failed = True  # finish() then also writes what the run was given to wandb/local/
+            _warn_once(f"W&B {what} failed ({exc!r}); the stage goes on, its metrics are in reports/ and this "
+                       f"run's logged data goes to {self._local_path()}")
 
     def log(self, data: Mapping[str, Any], step: int | None = None) -> None:
         row = io.to_jsonable(dict(data))
@@ -202,13 +204,15 @@ class Run:
 
             self._call("artifact", _artifact)
 
+    def _local_path(self) -> Path:
+        return wandb_dir() / "wandb" / "local" / _slug(self.family) / f"{_slug(self.name)}.json"
+
     def finish(self) -> None:
         if self._run is not None:
             self._call("finish", self._run.finish)
-        elif self.failed:
-            out = wandb_dir() / "wandb" / "local" / _slug(self.family) / f"{_slug(self.name)}.json"
+        if self.failed:
             io.write_json(
-                out,
+                self._local_path(),
                 {
                     "family": self.family,
                     "job_type": self.job_type,

@@ -278,3 +278,24 @@ def test_training_passes_sample_ids_and_features(loss):
         lo, hi = res.loss.bounds
         lam = res.loss.lambdas
         assert float(lam.min()) >= lo and float(lam.max()) <= hi and (lam != res.loss.lambda0).all()
+
+
+def test_waveforms_are_generated_balanced_seeded_and_split_by_seed():
+    from trustlab.calibration.data import load_waveforms_split, make_waveforms
+
+    x, y = make_waveforms(200, length=40, seed=0)
+    assert x.shape == (200, 40) and x.dtype == np.float32
+    assert np.bincount(y).tolist() == [20] * 10
+    assert abs(float(x.mean())) < 1e-5 and abs(float(x.std()) - 1) < 1e-4
+    x2, y2 = make_waveforms(200, length=40, seed=0)
+    assert np.array_equal(x, x2) and np.array_equal(y, y2)
+    assert not np.array_equal(make_waveforms(200, seed=1)[0], x)
+    a, b = load_waveforms_split(0, n_samples=300, n_train=60), load_waveforms_split(1, n_samples=300, n_train=60)
+    assert a.sizes["train"] == 60 and a.sizes["test"] == 90 and a.num_classes == 10
+    assert not np.array_equal(a.x_test, b.x_test)
+    # the classes are learnable but overlap: a linear model is far from chance and far from perfect
+    from sklearn.linear_model import LogisticRegression
+
+    big = load_waveforms_split(0, n_samples=2000)
+    acc = LogisticRegression(max_iter=300).fit(big.x_train, big.y_train).score(big.x_test, big.y_test)
+    assert 0.3 < acc < 0.9

@@ -66,9 +66,12 @@ def test_main_table_shapes(tables):
     import matplotlib.pyplot as plt
 
     plt.close(fig)
+    det = mt.detection
+    assert len(det) == 2 * 2 * 3 and set(det["detector"]) == {"msp", "entropy", "spc"}  # loss x seed x detector
+    assert det[["error_auroc", "shift_auroc"]].apply(lambda c: c.between(0, 1)).all().all()
     names = [c[0] for c in calls]
     assert names.count("ce") == 2 and "ce@uniform0.4" in names and "soft:aggregate" in names
-    assert "raw/id_ece" in calls[0][2] and "ca/shift_acc" in calls[0][2]
+    assert "raw/id_ece" in calls[0][2] and "ca/shift_acc" in calls[0][2] and "spc/error_auroc" in calls[0][2]
 
 
 def test_other_tables(tables):
@@ -84,7 +87,7 @@ def test_other_tables(tables):
 
 def _results(out) -> E.Results:
     return E.Results(out["main"], out["robustness"], out["soft_labels"], out["anyloss"], lm=None,
-                     seconds={"main": 1.0})
+                     seconds={"main": 1.0}, cpu_seconds={"main": 1.5})
 
 
 def test_summaries_and_claims(tables):
@@ -99,7 +102,8 @@ def test_summaries_and_claims(tables):
     by_id = {r["id"].split("/", 1)[1]: r for r in rows}
     assert list(by_id) == [c.spec.id for c in C.comparisons([0.4])]
     evaluated = ["ca_vs_ts_shift_ece", "focal_vs_ce_id_ece", "aldr_kl_vs_ce_acc_uniform_noise_40",
-                 "aggregate_vs_majority_shift_ece", "anyloss_f1_vs_bce_f1"]
+                 "aggregate_vs_majority_shift_ece", "anyloss_f1_vs_bce_f1", "spc_vs_msp_error_auroc",
+                 "spc_vs_msp_shift_auroc"]
     for cid in evaluated:
         r = by_id[cid]
         assert r["n"] == 2 and np.isfinite(r["effect"])
@@ -133,8 +137,50 @@ def test_stage_outputs_keep_wall_times_out_of_metrics(tables, tmp_path):
         assert "seconds" not in csv.read_text().splitlines()[0], csv.name
     timing = json.loads((tmp_path / "timing.json").read_text())
     assert timing["part_seconds"] == {"main": 1.0}
+    assert timing["part_cores_used"] == {"main": 1.5} and timing["parts_cpu_seconds"] == 1.5
     models = out["main"].main.drop_duplicates(["loss", "seed"])
     assert timing["main_train_seconds_total"] == pytest.approx(models["train_seconds"].sum())
     h = metrics["headline"]
-    assert h["claims_not_evaluated"] == 3
+    assert h["claims_not_evaluated"] == 5  # + the two waveform claims: that table is not in these results
     assert sum(h[f"claims_{v.replace(' ', '_')}"] for v in engine.VERDICTS) == len(rows)
+
+
+def test_workers_give_the_tables_of_a_serial_run():
+    """Two worker processes and one: the same rows in the same order, timings aside."""
+    import pandas as pd
+
+    tiny = {**TINY, "seeds": [0, 1], "annotators": {**TINY["annotators"], "variants": ["majority", "vote"]}}
+    by_workers = {}
+    for workers in (1, 2):
+        cfg = CalibrationConfig.from_dict({**tiny, "workers": workers})
+        mt = E.run_main_table(cfg)
+        by_workers[workers] = [mt.main, mt.per_shift, mt.bins, mt.detection, E.run_soft_labels(cfg)]
+    for serial, parallel in zip(by_workers[1], by_workers[2]):
+        drop = [c for c in serial.columns if c in E.TIMING_COLUMNS]
+        pd.testing.assert_frame_equal(serial.drop(columns=drop), parallel.drop(columns=drop))
+
+
+def test_part_clock_counts_wall_and_cpu():
+    clock = E.PartClock()
+    with clock("busy"):
+        sum(i * i for i in range(200_000))
+    assert clock.wall["busy"] > 0 and clock.cpu["busy"] > 0
+
+
+def test_waveform_table_and_its_claims():
+    cfg = CalibrationConfig.from_dict({**TINY, "waveforms": {"n_samples": 300, "n_train": 60, "epochs": 1},
+                                       "workers": 1})  # fmt: skip
+    wt = E.run_main_table(cfg, dataset="waveforms")
+    assert set(wt.main["variant"]) == {"raw", "ts"}  # CA needs image views: left out here
+    assert len(wt.main) == 2 * 2 * 2 and "shift_ece" not in wt.main
+    assert len(wt.detection) == 2 * 2 * 3 and wt.detection["shift_auroc"].isna().all()
+    import pandas as pd
+
+    res = E.Results(None, pd.DataFrame(), pd.DataFrame(), pd.DataFrame(), waveforms=wt)
+    by_id = {r["id"].split("/", 1)[1]: r for r in C.claim_rows(res)}
+    assert by_id["focal_vs_ce_id_ece_waveforms"]["n"] == 2
+    assert by_id["spc_vs_msp_error_auroc_waveforms"]["verdict"] != "not evaluated"
+    assert by_id["focal_vs_ce_id_ece"]["verdict"] == "not evaluated"
+    out = R.stage_outputs(res, list(by_id.values()), {})
+    assert "waveforms" in out.plots and "shift_auroc" not in out.plots["waveforms_detection"]
+    assert "waveforms_focal_id_ece" in out.headline

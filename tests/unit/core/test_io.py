@@ -47,3 +47,17 @@ def test_jsonl_and_csv_round_trip(tmp_path):
     rows = [{"a": 1, "b": "x"}, {"a": 2, "b": "y"}]
     assert io.read_jsonl(io.write_jsonl(tmp_path / "r.jsonl", rows)) == rows
     assert (io.write_csv(tmp_path / "r.csv", rows)).read_text() == "a,b\n1,x\n2,y\n"
+
+
+def test_outputs_get_the_usual_permissions(tmp_path):
+    import os
+    import stat
+
+    from trustlab.core.io import write_json
+
+    old = os.umask(0o022)
+    try:
+        path = write_json(tmp_path / "m.json", {"a": 1})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644

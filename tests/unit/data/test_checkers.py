@@ -6,10 +6,11 @@ import pytest
 
 from trustlab.data import DataConfig, classify_qa, corrupt_answer, extract_answer, is_correct, normalize
 from trustlab.data.arithmetic import make_arithmetic
-from trustlab.data.checkers import check_instructions, is_abstention, named_values
+from trustlab.data.checkers import check_instructions, first_wrong_step, is_abstention, named_values, parse_steps
 from trustlab.data.config import ArithmeticConfig
 from trustlab.data.context_copy import make_context_copy
 from trustlab.data.instructions import make_instructions
+from trustlab.data.scratchpad import make_scratchpad
 from trustlab.data.world import build_world, make_qa
 
 
@@ -21,6 +22,7 @@ def records():
             "arithmetic": {"n_train": 60, "n_test": 10, "n_ood": 20},
             "instructions": {"n_train": 60, "n_test": 5},
             "context_copy": {"n_train": 60, "n_test": 5},
+            "scratchpad": {"n_train": 40, "n_test": 5, "digits": [1, 4]},
         }
     )
     world = build_world(cfg.world, 7)
@@ -30,6 +32,7 @@ def records():
     out = [r for rows in qa.values() for r in rows]
     out += [r for rows in make_arithmetic(cfg.arithmetic, 7).values() for r in rows] + rev["train"]
     out += make_instructions(cfg.instructions, 7)["train"] + make_context_copy(cfg.context_copy, 7)["train"]
+    out += make_scratchpad(cfg.scratchpad, 7)["train"]
     return out
 
 
@@ -42,7 +45,7 @@ def test_reference_answers_pass_and_corrupted_fail(records):
             bad = corrupt_answer(r, seed)
             assert bad != r["answer"]
             assert not is_correct(r, bad), (r, bad)
-    assert tasks == {"world_qa", "arithmetic", "instructions", "context_copy"}
+    assert tasks == {"world_qa", "arithmetic", "instructions", "context_copy", "scratchpad"}
 
 
 def test_corruption_is_deterministic(records):
@@ -188,3 +191,51 @@ def test_unknown_task():
         is_correct({"task": "poetry"}, "x")
     with pytest.raises(KeyError):
         extract_answer("poetry", "x")
+
+
+# -- scratchpad: steps, the first wrong step, the result ----------------------------------
+
+SCRATCH = {  # 47 + 285, as generated
+    "task": "scratchpad",
+    "steps": ["7+5+0=12", "4+8+1=13", "0+2+1=3"],
+    "final": "332",
+    "answer": "7+5+0=12; 4+8+1=13; 0+2+1=3; answer 332",
+}
+
+
+def test_parse_steps_reads_the_steps_before_the_result():
+    assert parse_steps(" 7+5+0=12; 4+8+1=13; 0+2+1=3; answer 332") == SCRATCH["steps"]
+    assert parse_steps(" 7 + 5 + 0 = 12 ;4+8+1=13") == ["7+5+0=12", "4+8+1=13"]  # spaces ignored, no result
+    assert parse_steps(" 7+5+0=12; garbage; answer 3") == ["7+5+0=12", "garbage"]  # a malformed step is kept
+    assert parse_steps("") == [] and parse_steps(" answer 332") == []
+
+
+@pytest.mark.parametrize(
+    "resp, expected",
+    [
+        (" 7+5+0=12; 4+8+1=13; 0+2+1=3; answer 332", None),  # all right
+        (" 7+5+0=12; 4+8+1=13; 0+2+1=3; answer 333", None),  # right steps, wrong result: not a step error
+        (" 7+5+0=11; 4+8+1=13; 0+2+1=3; answer 331", 0),
+        (" 7+5+0=12; 4+8+0=12; 0+2+1=3; answer 322", 1),  # forgotten carry
+        (" 7+5+0=12; 4+8+1=13; answer 32", 2),  # a missing step is wrong
+        ("", 0),
+        (" 7+5+0=12; 4+8+1=13; 0+2+1=3; 0+0+0=0; answer 332", 3),  # an extra step
+    ],
+)
+def test_first_wrong_step(resp, expected):
+    assert first_wrong_step(resp, SCRATCH) == expected
+
+
+def test_scratchpad_checker_scores_the_result():
+    assert is_correct(SCRATCH, " 7+5+0=12; 4+8+1=13; 0+2+1=3; answer 332.")
+    assert is_correct(SCRATCH, "answer 332")  # the result alone is right; its steps are scored apart
+    assert not is_correct(SCRATCH, " 7+5+0=12; 4+8+1=13; 0+2+1=3; answer 333")
+    assert not is_correct(SCRATCH, " 7+5+0=12; 4+8+1=13; 0+2+1=3")  # no result
+    assert extract_answer("scratchpad", " 7+5+0=12; answer 3 32") == "332"
+
+
+def test_scratchpad_corruption_has_a_wrong_step(records):
+    for r in (r for r in records if r["task"] == "scratchpad"):
+        for seed in range(3):
+            bad = corrupt_answer(r, seed)
+            assert first_wrong_step(bad, r) is not None and not is_correct(r, bad)

@@ -22,6 +22,7 @@ SMALL = {
     "arithmetic": {"n_train": 200, "n_test": 40, "n_ood": 40},
     "instructions": {"n_train": 60, "n_test": 20},
     "context_copy": {"n_train": 60, "n_test": 20},
+    "scratchpad": {"n_train": 60, "n_test": 20},
     "code_corpus": {"max_bytes": 60_000, "max_file_bytes": 20_000},
 }  # fmt: skip
 
@@ -260,6 +261,25 @@ def test_context_copy_records(gen_dirs):
 
     rows = make_context_copy(cfg, 0)["train"]
     assert all(0 <= int(r["answer"]) <= 250 for r in rows)
+
+
+def test_scratchpad_records(gen_dirs):
+    d, _ = gen_dirs["a"]
+    train, test = load_task(d, "scratchpad", "train"), load_task(d, "scratchpad", "test")
+    assert not {(r["a"], r["b"]) for r in train} & {(r["a"], r["b"]) for r in test}
+    for r in train + test:
+        assert r["prompt"] == f"add by columns: {r['a']}+{r['b']}=" and r["final"] == str(r["a"] + r["b"])
+        assert r["answer"] == "; ".join([*r["steps"], "answer " + r["final"]])
+        assert len(r["steps"]) == r["n_steps"] == max(len(str(r["a"])), len(str(r["b"])))
+        assert all(2 <= len(str(v)) <= 4 for v in (r["a"], r["b"]))
+        # each step x+y+c=s: column digits, the carry of the step before, their sum
+        carry, digits = 0, []
+        for i, step in enumerate(r["steps"]):
+            x, y, c, s = (int(v) for v in step.replace("=", "+").split("+"))
+            assert (x, c, s) == (int(str(r["a"]).zfill(len(r["steps"]))[::-1][i]), carry, x + y + c)
+            digits.append(str(s % 10))
+            carry = s // 10
+        assert (str(carry) if carry else "") + "".join(reversed(digits)) == r["final"]
 
 
 # -- code corpus --------------------------------------------------------------------------

@@ -23,7 +23,7 @@ def _run(variant: str, seed: int, layer0: list[float], ppl: float, status: str =
         variant=variant, seed=seed, gamma=0.2, lam=0.0, status=status, reason=None if status == "ok" else "loss",
         diverged_step=None if status == "ok" else 5, steps=10, tokens=100, train_seconds=1.0, monitor_seconds=0.1,
         monitor_calls=2, eval_seconds=0.1, val_loss=math.log(ppl), val_ppl=ppl, val_bpt=math.log2(ppl),
-        max_uniform=1.0, entropy=entropy, entropy_norm=entropy, per_query=[], history=[], curve=[], learned={},
+        max_uniform=1.0, entropy=entropy, entropy_norm=entropy, per_query=[], tune={}, history=[], curve=[], learned={},
     )  # fmt: skip
 
 

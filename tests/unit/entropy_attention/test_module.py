@@ -77,7 +77,7 @@ def test_every_variant_trains_a_few_steps(tiny):
 
 def test_divergence_is_caught_recorded_and_does_not_crash(tiny):
     cfg, corpus = tiny
-    cfg = cfg.replace(steps=6)
+    cfg = cfg.replace(steps=6, variants=["SM+LN+G", "SM"])
     for name in ("SM+LN+G", "SM"):
         r = run.train_run(cfg, corpus, name, 0, lr=1e4)
         assert r.status == "diverged", (name, r.status, r.curve)
@@ -111,7 +111,16 @@ def test_bad_variant_name_and_gamma_give_clear_errors():
     with pytest.raises(ConfigError, match="gamma_sweep"):
         EntropyAttentionConfig.from_dict({"gamma_sweep": [0.0, 1.0]})
     with pytest.raises(ConfigError, match="gamma_sweep_variant"):
-        EntropyAttentionConfig.from_dict({"gamma_sweep_variant": "SM+G"})
+        EntropyAttentionConfig.from_dict({"gamma_sweep": [0.1], "gamma_sweep_variant": "SM+G"})
+    with pytest.raises(ConfigError, match="lam_sweep_variant"):
+        EntropyAttentionConfig.from_dict({"lam_sweep_variant": "SM+G"})
+    with pytest.raises(ConfigError, match="lam_sweep"):
+        EntropyAttentionConfig.from_dict({"lam_sweep": [0.1, -1.0]})
+    with pytest.raises(ConfigError, match="tune_seeds"):
+        EntropyAttentionConfig.from_dict({"tune_seeds": []})
+    with pytest.raises(ConfigError, match="workers"):
+        EntropyAttentionConfig.from_dict({"workers": -1})
+    assert EntropyAttentionConfig.from_dict({"lam_sweep": [], "tune_seeds": []}).lam_sweep == []
     with pytest.raises(ConfigError, match="unknown key"):
         EntropyAttentionConfig.from_dict({"gama": 0.2})
     assert EntropyAttentionConfig.from_dict({}).variants == DEFAULT_VARIANTS

@@ -12,11 +12,11 @@ from trustlab.error_detection.statistics import GenerationStats
 from trustlab.error_detection.synthetic import synthetic_stats
 
 DETECTORS = ["msp", "perplexity", "mean_token_entropy", "zero_shot_z", "self_consistency", "rpc", "mahalanobis",
-             "mahalanobis_lee", "linear_probe", "knn"]  # fmt: skip
+             "mahalanobis_lee", "linear_probe", "knn", "spc_uq", "meta_ranking"]  # fmt: skip
 
 
 def make_cfg(**over) -> ErrorDetectionConfig:
-    base = dict(detectors=DETECTORS, bootstrap_resamples=200, models=[],
+    base = dict(detectors=DETECTORS, bootstrap_resamples=200, models=[], workers=1,
                 detector_params={"mahalanobis_lee": {"n_folds": 2}, "linear_probe": {"n_folds": 2}, "knn": {"k": 5}},
                 per_layer=["linear_probe"])  # fmt: skip
     return ErrorDetectionConfig.from_dict({**base, **over})

@@ -22,7 +22,8 @@ def _ids(rows):
 
 def test_claims_are_data_with_stable_ids_and_distinct_texts():
     assert _ids([{"id": f"x/{s.id}"} for s in C.CLAIMS]) == [
-        "sampling_beats_single_pass", "rpc_beats_consistency_and_perplexity", "hidden_state_beats_logit"]  # fmt: skip
+        "sampling_beats_single_pass", "rpc_beats_consistency_and_perplexity", "hidden_state_beats_logit",
+        "spc_beats_msp", "meta_ranking_beats_msp"]  # fmt: skip
     assert len({s.claim for s in C.CLAIMS}) == len(C.CLAIMS)
     assert all(s.unit == "items" and s.range == (0.0, 1.0) for s in C.CLAIMS)
     assert not any("F1" in s.claim for s in C.CLAIMS)  # the F1 base-rate check is a table, not a claim

@@ -274,3 +274,20 @@ def test_injections_are_paired_and_teacher_forced(collected, records, model_tok)
     assert np.array_equal(s.sample_texts[row], ok.sample_texts[src])
     with pytest.raises(ValueError, match="no injections"):
         I.score_injected(model, tok, ok, [])
+
+
+def test_the_statistics_key_covers_model_files_and_the_model_code(tmp_path):
+    assert C.model_files_digest(None) is None and C.model_files_digest(tmp_path / "missing") is None
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "model.safetensors").write_bytes(b"\x00" * 8)
+    before = C.model_files_digest(tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(b"\x01" * 8)
+    assert C.model_files_digest(tmp_path) != before
+    assert {"trustlab.lm.generation", "trustlab.lm.gpt", "trustlab.lm.tokenizer", "trustlab.lm.hooks",
+            "trustlab.lm.loading", "trustlab.error_detection.collect",
+            "trustlab.error_detection.statistics"} <= set(C.STATS_CODE)  # fmt: skip
+    recs, split, settings = [{"id": "a", "prompt": "1+1="}], ["fit"], {"seed": 0}
+    key = C.stats_fingerprint("w", recs, split, settings, before)
+    assert key != C.stats_fingerprint("w", recs, split, settings, C.model_files_digest(tmp_path))
+    assert key != C.stats_fingerprint("w", [{"id": "a", "prompt": "1+2="}], split, settings, before)
+    assert key != C.stats_fingerprint("w", recs, split, {"seed": 1}, before)

@@ -219,7 +219,7 @@ def test_supervised_detectors_learn_the_synthetic_signal(fit_test):
 
 # -- leakage guards ----------------------------------------------------------------------------
 
-FITTED = ["mahalanobis", "mahalanobis_lee", "linear_probe", "knn", "sdm_adaptation"]
+FITTED = ["mahalanobis", "mahalanobis_lee", "linear_probe", "knn", "sdm_adaptation", "spc_uq", "meta_ranking"]
 
 
 @pytest.mark.parametrize("name", FITTED)
@@ -233,7 +233,7 @@ def test_fitted_detectors_ignore_test_labels(fit_test, name):
         assert np.array_equal(est.score(shuffled), u)
 
 
-@pytest.mark.parametrize("name", ["linear_probe", "mahalanobis_lee"])
+@pytest.mark.parametrize("name", ["linear_probe", "mahalanobis_lee", "spc_uq", "meta_ranking"])
 def test_fitted_detectors_do_use_fit_labels(fit_test, name):
     fit, test = fit_test
     u = E.build_estimator(name).fit(fit).score(test)
@@ -301,12 +301,13 @@ def test_registry_builds_and_runs_every_detector_on_both_spans(fit_test):
             assert u.shape == (test.n,) and np.isfinite(u).all(), (name, span)
     assert [r["name"] for r in E.describe_estimators()] == E.DETECTORS.names() == [
         "msp", "perplexity", "mean_token_entropy", "zero_shot_z", "self_consistency", "rpc", "mahalanobis",
-        "mahalanobis_lee", "linear_probe", "knn", "sdm_adaptation"]  # fmt: skip
+        "mahalanobis_lee", "linear_probe", "knn", "sdm_adaptation", "meta_ranking", "spc_uq"]  # fmt: skip
     assert all(E.DETECTORS.get(n).name == n for n in E.DETECTORS)  # the decorator names the class
     assert "adaptation" in E.DETECTORS.get("sdm_adaptation").label
     assert "adaptation" in E.DETECTORS.get("sdm_adaptation").__doc__
     assert "reused as a signal" in E.DETECTORS.get("zero_shot_z").label
-    assert E.layered_detectors() == ["mahalanobis", "mahalanobis_lee", "linear_probe", "knn", "sdm_adaptation"]
+    assert E.layered_detectors() == ["mahalanobis", "mahalanobis_lee", "linear_probe", "knn", "sdm_adaptation",
+                                     "spc_uq"]  # fmt: skip
 
 
 def test_registry_errors():

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 
+import numpy as np
 import pytest
 
 from trustlab.core.claims import audit
@@ -48,9 +49,15 @@ def test_metrics_keep_their_layout_and_hold_no_wall_time(written, stats, dets):
     h = json.loads((out / "headline.json").read_text())
     assert h == m["headline"]
     assert not [k for k in h if "s_per_1k" in k or k.endswith("_s") or k == "stage_seconds"]
-    assert h["perplexity/auroc"] == pytest.approx(M.auroc(stats.select(split="test").labels(),
+    test = stats.select(split="test")
+    per_task = [M.auroc(test.labels()[test.task == t], dets["perplexity@answer"].u_test[test.task == t])
+                for t in sorted(set(test.task.tolist()))]  # fmt: skip
+    assert h["perplexity/auroc_macro"] == pytest.approx(np.mean(per_task))
+    assert h["perplexity/auroc/arithmetic"] == pytest.approx(per_task[0])
+    assert h["meta_ranking/judge_calls_per_response"] == 5
+    assert h["perplexity/auroc_pooled"] == pytest.approx(M.auroc(stats.select(split="test").labels(),
                                                           dets["perplexity@answer"].u_test))  # fmt: skip
-    assert h["claims_total"] == 3 and h["f1_base_rate_check/reading"] == m["f1_base_rate_check"][0]["reading"]
+    assert h["claims_total"] == len(C.CLAIMS) and h["f1_base_rate_check/reading"] == m["f1_base_rate_check"][0]["reading"]
     assert audit(m["claims"]) == []
     timing = json.loads((out / "timing.json").read_text())
     assert timing["stage_seconds"] == 1.5 and timing["generation_s"] == 3.0

@@ -4,6 +4,7 @@ choice (on synthetic statistics)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -157,3 +158,20 @@ def test_run_claims_and_tables_need_no_plotting_or_tracking_stack():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={"PYTHONPATH": str(lib), "PATH": ""})  # fmt: skip
     assert out.stdout.strip() == "[]"
+
+
+def test_workers_two_and_one_give_identical_detector_scores(make_cfg, stats):
+    small = stats.subset(np.arange(80))
+    names = ["msp", "self_consistency", "linear_probe", "spc_uq", "meta_ranking"]
+    serial = detect.run_detectors(make_cfg(detectors=names, workers=1), small)
+    pooled = detect.run_detectors(make_cfg(detectors=names, workers=2), small)
+    assert list(serial) == list(pooled)
+    for key, det in serial.items():
+        assert det.status == pooled[key].status
+        if det.ok:
+            assert np.array_equal(det.u_test, pooled[key].u_test) and np.array_equal(det.u_fit, pooled[key].u_fit)
+
+
+def test_statistics_live_under_the_data_directory(make_cfg, tmp_path):
+    assert detect.stats_root(make_cfg(), tmp_path) == tmp_path / "detection_stats"
+    assert detect.stats_root(make_cfg(stats_dir="/elsewhere/stats"), tmp_path) == Path("/elsewhere/stats")

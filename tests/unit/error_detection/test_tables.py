@@ -134,3 +134,27 @@ def test_f1_base_rate_check_matches_the_f1_formula_on_real_detectors(make_cfg, s
 def test_f1_base_rate_check_without_detectors_says_why(cfg, stats):
     t = T.f1_base_rate_check(cfg, stats, {})
     assert t.to_dict(orient="records") == [{"note": "no detector gave a fit-split AUROC on the answer span"}]
+
+
+def test_task_table_is_per_task_and_macro_averaged_with_pooled_secondary(cfg, stats, dets):
+    table = T.detector_table(cfg, stats, dets)
+    by_task = T.task_table(table, "answer", cfg.claims_min_per_class)
+    row = by_task.set_index("detector").loc["msp"]
+    per = [c for c in by_task.columns if c.startswith("auroc/")]
+    assert per and row.auroc_macro == pytest.approx(np.mean([row[c] for c in per]))
+    pooled = table[(table.detector == "msp") & (table.span == "answer") & (table.task == "all")].auroc.iloc[0]
+    assert row["auroc_pooled (secondary)"] == pytest.approx(pooled)
+    assert by_task.set_index("detector").loc["meta_ranking"].judge_calls_per_response == 5
+    assert row.judge_calls_per_response == 0
+
+
+def test_task_auroc_figure_draws_the_headline_view(cfg, stats, dets):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from trustlab.error_detection import figures as F
+
+    by_task = T.task_table(T.detector_table(cfg, stats, dets), "answer", cfg.claims_min_per_class)
+    fig = F.plot_task_auroc(by_task)
+    assert fig is not None and len(fig.axes[0].patches) == len(by_task)
+    assert F.plot_task_auroc(by_task.iloc[:0]) is None

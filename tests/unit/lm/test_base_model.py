@@ -41,7 +41,7 @@ TINY = {
 def gen_dir(tmp_path_factory) -> Path:
     """Smoke-sized generated data (no code corpus: the mix does not use it by default)."""
     smoke = yaml.safe_load((ROOT / "profiles" / "smoke.yaml").read_text())["data"]
-    smoke["generators"] = ["world", "arithmetic", "instructions", "context_copy"]
+    smoke["generators"] = ["world", "arithmetic", "instructions", "context_copy", "scratchpad"]
     out = tmp_path_factory.mktemp("bm") / "generated"
     generate_all(DataConfig.from_dict(smoke), out)
     return out
@@ -150,13 +150,14 @@ def test_mix_composition_never_trains_on_heldout_qa(gen_dir, packing):
     )
     tok = bm.fit_tokenizer(gen_dir, cfg)
     mix = bm.build_mix(gen_dir, tok, cfg)
-    assert set(mix.components) == {"bios", "qa_train", "arithmetic", "instructions", "context_copy"}
+    assert set(mix.components) == {"bios", "qa_train", "arithmetic", "instructions", "context_copy", "scratchpad"}
     assert ("world_qa", "qa_heldout") not in mix.trained_splits
     assert set(mix.trained_splits) == {
         ("world_qa", "qa_train"),
         ("arithmetic", "train"),
         ("instructions", "train"),
         ("context_copy", "train"),
+        ("scratchpad", "train"),
     }
     assert mix.bio_splits == ["qa_train", "qa_heldout"]
     # counts: whole copies, and a seeded half of instructions
@@ -302,6 +303,8 @@ def test_model_directory_holds_no_wall_time_and_reruns_identically(gen_dir, tmp_
     assert not {"train_seconds", "stage_seconds", "tokens_per_s"} & set(headline)
     timing = json.loads((tmp_path / "r0" / "timing.json").read_text())
     assert timing["stage_seconds"] > 0 and timing["tokens_per_s"] > 0 and "cpu_count" in timing["machine"]
+    assert timing["cpu_seconds"] > 0 and timing["cores"] > 0 and timing["train_threads"] == 1
+    assert 0 < timing["train_share_of_peak"] < 1 and timing["matmul_peak_flops"] > 0
     assert runs[0].timing == timing
 
 

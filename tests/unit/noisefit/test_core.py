@@ -347,9 +347,16 @@ def test_neftune_is_not_registered_twice():
 
 def test_config_defaults_and_clear_errors():
     cfg = NoiseFitConfig.from_dict({})
-    assert len(cfg.seeds) >= 3 and cfg.noise_scale == "sigma0" and cfg.detach_teacher
+    assert len(cfg.seeds) >= 5 and cfg.noise_scale == "sigma0" and cfg.detach_teacher and cfg.workers == 0
     assert set(cfg.variants) <= set(VARIANTS)
-    assert {"sft", "neftune", "rdrop", "noisefit_largest", "noisefit_lowest"} <= set(cfg.variants)
+    # the default variants are exactly those that answer a claim
+    from trustlab.noisefit.claims import CLAIMS, arm
+
+    answered = {arm(n)[0] for c in CLAIMS for n in (c.method, c.baseline)} - {"base"}
+    assert set(cfg.variants) == answered and set(cfg.new_facts_variants) <= answered
+    assert len(cfg.sigma0_grid) == len(cfg.neftune_alpha_grid) >= 4  # equal tuning budgets
+    with pytest.raises(ConfigError, match="neftune_alpha_grid"):
+        NoiseFitConfig.from_dict({"neftune_alpha_grid": [1.0, 2.0]})
     assert cfg.decoding.n_samples == 5 and cfg.decoding.temperature == 0.5 and cfg.decoding.top_p == 0.9
     assert cfg.decoding.top_k == 40 and cfg.decoding.repetition_penalty == 1.2
     with pytest.raises(ConfigError, match=r"noisefit.sigma0 = 0.0 is out of range: allowed 0 < sigma0"):
@@ -361,7 +368,7 @@ def test_config_defaults_and_clear_errors():
     with pytest.raises(ConfigError, match="alpha"):
         NoiseFitConfig.from_dict({"alpha": 1.5})
     with pytest.raises(ConfigError, match="rdrop_dropout"):
-        NoiseFitConfig.from_dict({"rdrop_dropout": 0.0})  # R-Drop needs dropout > 0
+        NoiseFitConfig.from_dict({"rdrop_dropout": 0.0, "variants": ["sft", "rdrop"]})  # R-Drop needs dropout > 0
     NoiseFitConfig.from_dict({"rdrop_dropout": 0.0, "variants": ["sft"], "new_facts_variants": []})
     with pytest.raises(ConfigError, match="export_seed"):
         NoiseFitConfig.from_dict({"seeds": [1, 2, 3], "export_seed": 0})

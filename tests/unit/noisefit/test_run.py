@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -16,14 +17,14 @@ from trustlab.data.world import generate_world
 from trustlab.lm.checkpoint import load_pretrained, save_model
 from trustlab.lm.gpt import GPT, GPTConfig
 from trustlab.lm.tokenizer import WordTokenizer
-from trustlab.noisefit import figures, report, tables
+from trustlab.noisefit import figures, report, tables, tuning
 from trustlab.noisefit import tracker as nf_tracker
 from trustlab.noisefit.claims import claim_rows
 from trustlab.noisefit.config import EVAL_SPLITS, NoiseFitConfig
 from trustlab.noisefit.evaluation import abstained, abstention_pr, classify, is_hallucination, rates
 from trustlab.noisefit.run import plan, run_experiment
 from trustlab.noisefit.tracker import WandbTracker
-from trustlab.noisefit.world import eval_items, finetune_pairs, load_world
+from trustlab.noisefit.world import SPLIT_BY_PERSON, eval_items, finetune_pairs, load_world
 from trustlab.reporting.html import write_summary_html
 from trustlab.reporting.outputs import write_outputs
 
@@ -56,6 +57,8 @@ def small_cfg(**kw):
         "max_eval_items": 6,
         "decoding": {"n_samples": 2, "max_new_tokens": 5},
         "threads": 1,
+        "workers": 1,
+        "tune": False,  # the sweeps have their own tests below
     }
     base.update(kw)
     return NoiseFitConfig.from_dict(base)
@@ -82,6 +85,18 @@ def test_data_and_classification(data_dir):
     assert abstained(classify("unknown", fake), fake)
     p, r = abstention_pr([("abstain", real), ("correct", real)], [("correct", fake), ("hallucination", fake)])
     assert p == pytest.approx(0.5) and r == pytest.approx(0.5)
+
+
+def test_validation_and_test_people_are_disjoint(data_dir):
+    world = load_world(data_dir)
+    test = eval_items(world, 1000, part="test", validation_fraction=0.5)
+    val = eval_items(world, 1000, part="validation", validation_fraction=0.5)
+    for split in SPLIT_BY_PERSON:
+        t, v = {r["person_id"] for r in test[split]}, {r["person_id"] for r in val[split]}
+        assert t and v and not t & v
+        assert len(test[split]) + len(val[split]) == len(world.splits[split])
+    assert val["qa_train"] == test["qa_train"] and not val["new_facts"] and test["new_facts"]
+    assert eval_items(world, 1000, part="validation", validation_fraction=0.5) == val  # fixed
 
 
 def test_rates_on_known_labels():
@@ -175,6 +190,59 @@ def test_run_experiment_end_to_end(data_dir, tmp_path):
     report.log_summary(res, claims, figs, html_path=html)
 
 
+TUNED = dict(variants=["sft", "neftune", "noisefit_largest"], seeds=[0], include_new_facts=False, export=False,
+             tune=True, tune_seeds=[0], sigma0_grid=[0.001, 0.5], neftune_alpha_grid=[0.5, 80.0])
+
+
+def test_sweeps_choose_on_validation_and_the_runs_use_the_choice(data_dir, tmp_path):
+    res = run_experiment(small_cfg(**TUNED), data_dir, log=None)
+    assert len(res.sweep) == 2 * 2 and {r["part"] for r in res.sweep} == {"validation"}  # equal budgets
+    assert set(res.tuning) == {"neftune", "noisefit_largest"}
+    for variant, c in res.tuning.items():
+        ratios = [r["noise_ratio"] for r in res.sweep if r["variant"] == variant]
+        assert ratios[0] < ratios[1]  # the measured dose grows with the knob
+        assert c["value"] in c["grid"] and c["score"] == min(c["scores"])
+        row = next(r for r in res.rows if r["variant"] == variant)
+        assert np.isfinite(row["noise_ratio"])
+    assert np.isnan(next(r for r in res.rows if r["variant"] == "sft")["noise_ratio"])
+    sweep = tables.sweep_table(res)
+    assert len(sweep) == 4 and sweep.chosen.sum() == 2
+    assert set(tables.tuning_table(res).variant) == {"neftune", "noisefit_largest"}
+    claims = claim_rows(res.rows, res.tuning)
+    assert "tuned on validation people" in {r["id"]: r for r in claims}["noisefit/vs_neftune_heldout"]["note"]
+    assert figures.plot_dose_response(res).axes
+    saved = write_outputs(tmp_path, report.stage_outputs(res, claims), profile="test", stage_seconds=1.0)
+    assert len(saved["sweep"]) == 4 and saved["tuning_rule"]
+    timing = json.loads((tmp_path / "timing.json").read_text())
+    assert timing["cpu_seconds"] > 0 and timing["workers"] == 1 and len(timing["sweep_runs"]) == 4
+    assert "Noise-scale tuning" in report.findings(res, claims)
+
+
+def test_tuning_rule_prefers_the_smaller_noise_on_ties():
+    rows = [{"variant": "neftune", "param": "neftune_alpha", "value": x, "halluc_qa_heldout": 0.2,
+             "halluc_nonexistent_test": 0.4} for x in (5.0, 0.5, 50.0)]  # fmt: skip
+    assert tuning.choose(rows)["neftune"]["value"] == 0.5
+    rows[2]["halluc_qa_heldout"] = 0.1
+    assert tuning.choose(rows)["neftune"]["value"] == 50.0
+    assert tuning.source("noisefit_kl_only") == "noisefit_largest" and tuning.source("sft") is None
+    assert report.non_monotone([0.9, 0.2, 0.8]) and not report.non_monotone([0.9, 0.5, 0.2])
+
+
+def test_workers_do_not_change_the_results(data_dir):
+    """Two worker processes give the same metrics, sweeps and choices as a serial run."""
+    timing = {"train_s", "eval_s", "step_time", "step_ratio"}
+
+    def strip(rows):
+        return pd.DataFrame([{k: v for k, v in r.items() if k not in timing} for r in rows])
+
+    cfg = dict(TUNED, variants=["sft", "noisefit_largest"], neftune_alpha_grid=[0.5, 80.0])
+    serial = run_experiment(small_cfg(**cfg, workers=1), data_dir, log=None)
+    parallel = run_experiment(small_cfg(**cfg, workers=2), data_dir, log=None)
+    assert parallel.workers == 2
+    assert strip(serial.rows).equals(strip(parallel.rows)) and strip(serial.sweep).equals(strip(parallel.sweep))
+    assert serial.tuning == parallel.tuning and serial.snr == parallel.snr
+
+
 def test_k_is_checked_against_the_base_model_before_training(data_dir):
     with pytest.raises(ConfigError, match="k = 4 is out of range: the model has 3 decoder layers"):
         run_experiment(small_cfg(k=4), data_dir, log=None)
@@ -234,7 +302,7 @@ def test_wandb_logging_keys(data_dir, monkeypatch):
     assert len(summary["noisefit/selected_layers"]) == 2
     assert {"noisefit/snr/layer_0", "noisefit/snr/layer_1", "noisefit/snr/layer_2"} <= set(summary)
     assert sum(r["selected"] for r in nf.tables["noisefit/snr"]) == 2
-    assert "eval/halluc_qa_heldout" in summary and summary["noisefit/step_ratio"] > 1.2
+    assert "eval/halluc_qa_heldout" in summary and summary["noisefit/noise_ratio"] > 0
     sft = by_name["sft-seed0"][2]
     assert {"noisefit/ce", "noisefit/total"} <= set(sft.history[0])
     assert "noisefit/selected_layers" not in sft.summary_data

@@ -65,3 +65,26 @@ def test_a_later_stage_stays_offline_after_a_failure(online_env, monkeypatch):
     with runs.start_run("fallback_test", "train", "after", {}) as run:
         run.log({"x": 1})
     assert calls == ["offline"]
+
+
+def test_a_failure_mid_run_keeps_the_logged_data_locally(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setattr(runs, "_warned", False)
+
+    class Broken:
+        dir = str(tmp_path / "wandb" / "run-x" / "files")
+
+        def log(self, *a, **k):
+            raise ConnectionError("the connection dropped")
+
+        def finish(self):
+            pass
+
+    run = runs.Run("fallback_test", "train", "sft-seed0", {"seed": 0}, Broken(), "online")
+    with pytest.warns(RuntimeWarning, match="the connection dropped"):
+        run.log({"loss": 0.5}, step=1)
+    run.finish()
+    import json
+
+    saved = json.loads((tmp_path / "wandb" / "local" / "fallback_test" / "sft-seed0.json").read_text())
+    assert saved["history"] == [{"loss": 0.5, "_step": 1}]

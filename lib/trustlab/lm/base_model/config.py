@@ -9,14 +9,17 @@ from dataclasses import dataclass, field
 from trustlab.core.config import ConfigError, Section
 
 # the pretraining mix's components, in the order they are built (see trustlab.lm.base_model.mix)
-MIX_COMPONENTS = ("bios", "qa_train", "arithmetic", "instructions", "context_copy", "nonexistent_train", "code")
+MIX_COMPONENTS = (
+    "bios", "qa_train", "arithmetic", "instructions", "context_copy", "scratchpad", "nonexistent_train", "code"
+)
 
 DEFAULT_MIX = {
-    "bios": 4.0,
-    "qa_train": 2.0,
-    "arithmetic": 1.0,
-    "instructions": 0.5,
+    "bios": 6.0,
+    "qa_train": 4.0,
+    "arithmetic": 3.0,
+    "instructions": 0.75,
     "context_copy": 1.0,
+    "scratchpad": 1.0,
     "nonexistent_train": 0.0,
     "code": 0.0,
 }
@@ -44,7 +47,7 @@ class BaseModelConfig(Section):
     mix: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_MIX))
     code_max_chars: int = 200000  # characters of code-corpus text used when mix.code > 0
     # optimisation
-    steps: int = 1000
+    steps: int = 1350
     batch_size: int = 32
     lr: float = 0.003
     warmup_steps: int = 100
@@ -53,7 +56,7 @@ class BaseModelConfig(Section):
     grad_clip: float = 1.0
     # evaluation
     max_eval_items: int = 300  # per task/split (seeded subset)
-    max_new_tokens: int = 16
+    max_new_tokens: int = 40  # the longest scratchpad answer (3-digit operands) is 34 tokens
     eval_batch_size: int = 128
 
     def __post_init__(self):
@@ -98,7 +101,8 @@ class BaseModelConfig(Section):
                     f"{self._path()}.mix.{name} = {copies!r} is out of range: allowed 0 <= copies <= 1000"
                 )
         if not any(
-            self.mix_copies(n) > 0 for n in ("bios", "qa_train", "arithmetic", "instructions", "context_copy", "code")
+            self.mix_copies(n) > 0
+            for n in ("bios", "qa_train", "arithmetic", "instructions", "context_copy", "scratchpad", "code")
         ):
             raise ConfigError(
                 f"{self._path()}.mix = {dict(self.mix)!r} trains on nothing: give some component copies > 0"

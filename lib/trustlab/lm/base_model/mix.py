@@ -9,6 +9,7 @@ component            what (``mix.<name>`` = copies per pass; 0 leaves it out)
 ``arithmetic``       ``arithmetic/train``
 ``instructions``     ``instructions/train``
 ``context_copy``     ``context_copy/train``
+``scratchpad``       ``scratchpad/train`` (column addition, trained on every step and the result)
 ``nonexistent_train``  abstention examples (default 0: the base model is *not* taught to
                      abstain, so its answers about non-existent people are the
                      hallucination baseline that fine-tuning starts from)
@@ -48,6 +49,7 @@ PAIR_COMPONENTS: dict[str, tuple[str, str]] = {
     "arithmetic": ("arithmetic", "train"),
     "instructions": ("instructions", "train"),
     "context_copy": ("context_copy", "train"),
+    "scratchpad": ("scratchpad", "train"),
     "nonexistent_train": ("world_qa", "nonexistent_train"),
 }
 # every (task, split) the checkers can score

@@ -112,6 +112,11 @@ def stage_outputs(
         "train_seconds": pretraining.get("train_seconds", old_headline.get("train_seconds")),
         "tokens_per_s": pretraining.get("tokens_per_s", old_headline.get("tokens_per_s")),
     }
+    # utilisation and the training share of the matmul peak (newer timing.json files only)
+    for key in ("cpu_seconds", "cores", "train_threads", "train_flops_per_token", "matmul_peak_flops",
+                "train_share_of_peak"):  # fmt: skip
+        if key in pretraining:
+            timing[f"pretraining_{key}"] = pretraining[key]
     if "machine" in pretraining:
         timing["pretraining_machine"] = pretraining["machine"]
     return StageOutputs(
