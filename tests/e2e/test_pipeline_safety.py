@@ -128,3 +128,15 @@ def test_a_killed_pretraining_exits_non_zero(repro_data_report):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 143, err[-2000:]
     assert "base_model: stopped by SIGTERM" in err
+
+
+def test_a_notebook_that_writes_no_metrics_fails_its_stage(repo_copy):
+    repo, env = repo_copy
+    (repo / "notebooks" / "00_data.py").write_text(
+        '# %% tags=["parameters"]\nprofile = None\nparams = {}\nreports_dir = None\ndata_dir = None\n\n'
+        '# %%\nprint("ran, but wrote nothing")\n'
+    )
+    proc = subprocess.run([sys.executable, "pipelines/run_notebook.py", "00_data", "--data-dir", str(repo / "nodata")],
+                          cwd=repo, env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "wrote no" in proc.stderr and "metrics.json" in proc.stderr
