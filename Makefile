@@ -43,7 +43,7 @@ repro: setup
 	$(BIN)/dvc repro
 
 test: setup browser-deps
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not e2e and not browser"
