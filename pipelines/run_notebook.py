@@ -92,6 +92,7 @@ def run(
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "lib"), os.environ.get("PYTHONPATH")]))
     out_nb = reports_dir / f"{name}.ipynb"
     start = time.perf_counter()
+    started_at = time.time()
     cpu_start = _cpu_seconds()
     error: BaseException | None = None
     with tempfile.TemporaryDirectory(dir=reports_dir, prefix=".run-") as tmp:
@@ -138,8 +139,10 @@ def run(
     log_report(section, reports_dir / "index.html", config={"profile": params["profile"], section: params.get(section) or {}},
                mode=(params.get("tracking") or {}).get("mode"))
     metrics_path = reports_dir / "metrics.json"
-    if not metrics_path.exists():
-        print(f"error: notebook {name} ran but wrote no {metrics_path}; the stage has no results", file=sys.stderr)
+    if not metrics_path.exists() or metrics_path.stat().st_mtime < started_at - 1.0:
+        stale = " (the file there is from an earlier run)" if metrics_path.exists() else ""
+        print(f"error: notebook {name} ran but wrote no {metrics_path}{stale}; the stage has no results",
+              file=sys.stderr)
         raise SystemExit(1)
     metrics = io.read_json(metrics_path)
     recorded = (metrics.get("run") or {}).get("profile")

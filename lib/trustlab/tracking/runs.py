@@ -20,6 +20,7 @@ what it was given to ``wandb/local/<group>/<name>.json``; the stage's own
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import re
@@ -174,7 +175,12 @@ class Run:
         if self._run is not None:
             import wandb
 
-            self._call("table", lambda: self._run.log({name: wandb.Table(dataframe=df.astype(object).where(df.notna(), None))}))
+            # W&B infers one type per column: a cell holding a list or a dict (a claim's feasible
+            # range with an open end, [1.0, None]) goes in as its JSON text
+            cells = df.astype(object).where(df.notna(), None).map(
+                lambda v: json.dumps(io.to_jsonable(v)) if isinstance(v, (list, tuple, dict)) else v
+            )
+            self._call("table", lambda: self._run.log({name: wandb.Table(dataframe=cells)}))
 
     def log_image(self, name: str, image: Any) -> None:
         """Log a matplotlib Figure or an image path as a ``wandb.Image`` under ``figures/<name>``.
