@@ -106,11 +106,11 @@ def findings(results: Results, claims: list[dict[str, Any]]) -> str:
                        f"{val('noisefit_largest', 'em_qa_train'):.1%} and "
                        f"{val('noisefit_largest', 'valid_qa_heldout'):.1%}).")  # fmt: skip
     out += sweep_findings(results)
-    steps = tables.step_time_table(results)
-    if len(steps):
-        d = steps[steps.setting == "default"]
-        out.append("Step time relative to SFT (same run): " + ", ".join(
-            f"{r.label} x{r.ratio_to_sft:.2f} ({r.forward_passes} fwd)" for _, r in d.iterrows()) + ".")  # fmt: skip
+    passes = tables.forward_passes_table(results)
+    if len(passes):
+        d = passes[passes.setting == "default"]
+        out.append("Forward passes per training step: " + ", ".join(
+            f"{r.label} {r.forward_passes}" for _, r in d.iterrows()) + " (measured step times: timing.json).")  # fmt: skip
     for row in claims:
         out.append(f"{row['claim']}: {reading(row)}.")
     n = count_verdicts(claims)
@@ -160,7 +160,7 @@ def sweep_findings(results: Results) -> list[str]:
 
 def stage_outputs(results: Results, claims: list[dict[str, Any]]) -> StageOutputs:
     """Everything ``write_outputs`` writes: metrics.json tables, plot data and timing.json."""
-    steps = tables.step_time_table(results)
+    passes = tables.forward_passes_table(results)
     return StageOutputs(
         stage=FAMILY,
         headline=headline(results, claims),
@@ -169,7 +169,7 @@ def stage_outputs(results: Results, claims: list[dict[str, Any]]) -> StageOutput
             "table": tables.summary_table(results),
             "table_new_facts": tables.summary_table(results, setting="new_facts"),
             "hallucination": tables.hallucination_table(results),
-            "step_time": steps,
+            "forward_passes": passes,
             "sweep": tables.sweep_table(results),
             "tuning": tables.tuning_table(results),
         },
@@ -183,7 +183,7 @@ def stage_outputs(results: Results, claims: list[dict[str, Any]]) -> StageOutput
             "runs": tables.runs_frame(results),
             "curves": tables.curves_frame(results),
             "snr": pd.DataFrame(results.snr),
-            "step_time": steps,
+            "forward_passes": passes,
             "hallucination": tables.hallucination_long(results),
             "claims": claims_table(claims),
             "sweep": tables.sweep_table(results),
@@ -194,7 +194,7 @@ def stage_outputs(results: Results, claims: list[dict[str, Any]]) -> StageOutput
             "workers": results.workers,
             "cores_used": results.cpu_seconds / results.seconds if results.seconds else float("nan"),
             "sweep_runs": tables.run_seconds(Results(rows=results.sweep)).to_dict(orient="records"),
-            "step_time": tables.step_time_seconds(results).to_dict(orient="records"),
+            "step_time": tables.step_time_table(results).to_dict(orient="records"),
             "runs": tables.run_seconds(results).to_dict(orient="records"),
         },
     )

@@ -50,7 +50,7 @@ from trustlab.noisefit.variants import get_variant
 from trustlab.noisefit.world import World, eval_items, finetune_dataset, load_world
 
 FAMILY = "noisefit"
-TIMING_COLUMNS = ("train_s", "eval_s", "step_time")  # wall times of a run row (timing.json only)
+TIMING_COLUMNS = ("train_s", "eval_s", "step_time", "step_ratio")  # wall times and their ratios (timing.json only)
 
 
 @dataclass

@@ -1,8 +1,8 @@
 """The stage's tables (pandas) for the notebook, ``metrics.json`` and the plot data.
 
 Rows follow the variant table's order, the base model first; values are mean ± std
-(sample std, ddof=1) over seeds. Wall times appear only in :func:`step_time_seconds` (for
-``timing.json``); every other table is free of them.
+(sample std, ddof=1) over seeds. Wall times and their ratios appear only in :func:`step_time_table`
+and :func:`run_seconds` (for ``timing.json`` and the notebook); every other table is free of them.
 """
 
 from __future__ import annotations
@@ -157,9 +157,21 @@ def _forward_passes(variant: str) -> int:
     return forward_passes(get_variant(variant))
 
 
+def forward_passes_table(results: Results) -> pd.DataFrame:
+    """Per (setting, variant): the forward passes its objective makes per training step (the
+    deterministic side of the training cost; the measured step times are in ``timing.json``)."""
+    df = results_frame(results)
+    if df.empty:
+        return pd.DataFrame()
+    g = df[df.setting != "base"].groupby(["setting", "variant"], sort=False)
+    return pd.DataFrame({"label": g.label.first(), "forward_passes": g.variant.first().map(_forward_passes),
+                         "n_seeds": g.seed.nunique()}).reset_index()  # fmt: skip
+
+
 def step_time_table(results: Results) -> pd.DataFrame:
-    """Per (setting, variant): the forward passes per step and the median step time relative to
-    SFT's (same seed and setting, same process), mean ± std over seeds."""
+    """Per (setting, variant): the forward passes per step, the median step time in ms and
+    relative to SFT's (same seed and setting, same process), mean ± std over seeds, and the
+    training seconds. Wall times: this table goes to ``timing.json`` and the notebook only."""
     df = results_frame(results)
     if df.empty or "step_ratio" not in df.columns:
         return pd.DataFrame()
@@ -170,20 +182,6 @@ def step_time_table(results: Results) -> pd.DataFrame:
             "forward_passes": g.variant.first().map(_forward_passes),
             "ratio_to_sft": g.step_ratio.mean(),
             "ratio_to_sft_std": g.step_ratio.std(),
-            "n_seeds": g.seed.nunique(),
-        }
-    ).reset_index()
-
-
-def step_time_seconds(results: Results) -> pd.DataFrame:
-    """The wall times behind :func:`step_time_table` (for ``timing.json``): median step time in
-    ms and training seconds per (setting, variant), mean ± std over seeds."""
-    df = results_frame(results)
-    if df.empty or "step_time" not in df.columns:
-        return pd.DataFrame()
-    g = df[df.setting != "base"].groupby(["setting", "variant"], sort=False)
-    return pd.DataFrame(
-        {
             "ms_per_step": g.step_time.mean() * 1e3,
             "ms_per_step_std": g.step_time.std() * 1e3,
             "train_s": g.train_s.mean(),

@@ -170,16 +170,18 @@ def test_run_experiment_end_to_end(data_dir, tmp_path):
     assert {"base/hallucination_heldout", "noisefit_largest/hallucination_nonexistent",
             "sft/new_facts/hallucination_heldout", "claims_supported", "claims_not_evaluated"} <= set(head)  # fmt: skip
     assert all(isinstance(v, (int, float)) for v in head.values())
-    steps = {r["variant"]: r for r in saved["step_time"] if r["setting"] == "default"}
-    assert steps["sft"]["ratio_to_sft"] == pytest.approx(1.0) and steps["noisefit_largest"]["ratio_to_sft"] > 1.2
-    assert {r["forward_passes"] for r in steps.values()} == {1, 3} and "ms_per_step" not in steps["sft"]
+    passes = {r["variant"]: r for r in saved["forward_passes"] if r["setting"] == "default"}
+    assert {r["forward_passes"] for r in passes.values()} == {1, 3} and "step_time" not in saved
     timing = json.loads((tmp_path / "timing.json").read_text())
+    steps = {r["variant"]: r for r in timing["step_time"] if r["setting"] == "default"}
+    assert steps["sft"]["ratio_to_sft"] == pytest.approx(1.0) and steps["noisefit_largest"]["ratio_to_sft"] > 1.2
     assert timing["stage_seconds"] == 1.0 and timing["training_seconds"] > 0
     assert {r["variant"] for r in timing["step_time"]} == {"sft", "noisefit_largest", "noisefit_lowest"}
     assert all(r["ms_per_step"] > 0 for r in timing["step_time"]) and len(timing["runs"]) == len(res.rows)
-    for name in ("runs", "snr", "curves", "step_time", "hallucination", "claims"):
+    for name in ("runs", "snr", "curves", "forward_passes", "hallucination", "claims"):
         assert (tmp_path / "plots" / f"{name}.csv").exists(), name
-    assert not {"train_s", "eval_s", "step_time"} & set(pd.read_csv(tmp_path / "plots" / "runs.csv").columns)
+    assert not (tmp_path / "plots" / "step_time.csv").exists()
+    assert not {"train_s", "eval_s", "step_time", "step_ratio"} & set(pd.read_csv(tmp_path / "plots" / "runs.csv").columns)
     assert "step_time" not in pd.read_csv(tmp_path / "plots" / "curves.csv").columns
     figs = {"snr": figures.plot_snr(res), "curves": figures.plot_curves(res),
             "hallucination": figures.plot_hallucination(res), "step_time": figures.plot_step_time(res)}  # fmt: skip
