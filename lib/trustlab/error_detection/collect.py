@@ -290,6 +290,10 @@ def model_files_digest(model_dir: str | os.PathLike | None) -> str | None:
 # The code that turns a model's outputs into stored statistics: the model code that produces the
 # logits and hidden states (trustlab.lm: tokenizer, GPT, hooks, generation, loading), the labels
 # (checkers), answer spans, pooling and storage. A change to any of them invalidates stored statistics.
+# prompts per generation shard: part of the statistics (each shard samples with its own seed),
+# so it is a constant of this file, whose source is in the statistics' key
+SHARD_PROMPTS = 100
+
 STATS_CODE = (
     "trustlab.lm.generation", "trustlab.lm.gpt", "trustlab.lm.tokenizer", "trustlab.lm.hooks",
     "trustlab.lm.checkpoint", "trustlab.lm.loading", "trustlab.lm.model_config", "trustlab.lm.hf_backend",
@@ -353,6 +357,7 @@ def collect_stats(
     seed: int = 0,
     model_name: str = "model",
     progress: Callable[[str], None] | None = None,
+    workers: int | None = 1,
 ) -> GenerationStats:
     """Greedy response + ``k_samples`` samples per record, labelled, with pooled hidden states.
 
@@ -360,6 +365,9 @@ def collect_stats(
     (``row_info``) and the wall-clock seconds of each phase (``timing``: ``greedy_s`` includes
     recording the hidden states, ``sampling_s`` the K samples, ``postprocess_s`` answer
     extraction, labelling and pooling).
+
+    Generation runs over fixed shards of ``SHARD_PROMPTS`` prompts, spread over ``workers``
+    processes: the statistics are the same for any ``workers``.
     """
     if k_samples < 2:
         raise ValueError(f"k_samples = {k_samples} is not allowed: K >= 2 (self-consistency and RPC compare samples)")
@@ -367,7 +375,7 @@ def collect_stats(
         raise ValueError("no prompts: give at least one record")
     split = np.asarray(split)
     check_prompt_split(records, split)
-    from trustlab.lm.generation import generate
+    from trustlab.lm.generation import generate_sharded
 
     say = progress or (lambda msg: None)
     prompts = [str(r["prompt"]) for r in records]
@@ -377,16 +385,17 @@ def collect_stats(
                     max_new_tokens=int(max_new_tokens), batch_size=int(batch_size), seed=int(seed))  # fmt: skip
 
     t0 = time.perf_counter()
-    greedy = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, do_sample=False,
-                      batch_size=batch_size, return_hidden_states="tokens")  # fmt: skip
+    shards = dict(shard_prompts=SHARD_PROMPTS, workers=workers)
+    greedy = generate_sharded(model, tokenizer, prompts, max_new_tokens=max_new_tokens, do_sample=False,
+                              batch_size=batch_size, return_hidden_states="tokens", **shards)  # fmt: skip
     greedy_s = time.perf_counter() - t0
     say(f"greedy: {len(prompts)} responses in {greedy_s:.1f} s")
 
     t0 = time.perf_counter()
-    samples = generate(
+    samples = generate_sharded(
         model, tokenizer, prompts, max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature,
         top_p=top_p if top_p < 1.0 else None, top_k=top_k, num_return_sequences=k_samples, seed=seed,
-        batch_size=batch_size,
+        batch_size=batch_size, **shards,
     )  # fmt: skip
     sampling_s = time.perf_counter() - t0
     say(f"sampling: {len(samples)} responses (K = {k_samples}) in {sampling_s:.1f} s")

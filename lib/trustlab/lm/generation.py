@@ -263,6 +263,63 @@ def generate(
     return result
 
 
+def shard_seed(seed: int | None, shard: int) -> int | None:
+    """The sampling seed of prompt shard ``shard``: independent streams per shard, fixed by
+    ``seed`` alone (not by how many processes share the shards)."""
+    if seed is None:
+        return None
+    return int(np.random.SeedSequence([int(seed), int(shard)]).generate_state(1)[0])
+
+
+def _generate_shard(task: tuple) -> GenerationResult:
+    model, tokenizer, prompts, kwargs = task
+    return generate(model, tokenizer, prompts, **kwargs)
+
+
+def generate_sharded(
+    model,
+    tokenizer,
+    prompts: Sequence[str] | Sequence[Sequence[int]],
+    *,
+    shard_prompts: int,
+    workers: int | None = 1,
+    seed: int | None = None,
+    desc: str | None = None,
+    **kwargs,
+) -> GenerationResult:
+    """:func:`generate` over fixed shards of ``shard_prompts`` prompts, spread over ``workers``
+    processes (``trustlab.core.parallel.run_tasks``), concatenated in prompt order.
+
+    Shard ``i`` samples with :func:`shard_seed` ``(seed, i)``, so the result depends on
+    ``shard_prompts`` and ``seed`` but not on ``workers``: one process and two give identical
+    outputs. Each worker receives a pickled copy of the model."""
+    from trustlab.core.parallel import run_tasks
+
+    if shard_prompts < 1:
+        raise ValueError(f"shard_prompts = {shard_prompts} is not allowed: a positive integer")
+    prompts = list(prompts)
+    starts = list(range(0, len(prompts), shard_prompts))
+    tasks = [(model, tokenizer, prompts[s : s + shard_prompts], dict(kwargs, seed=shard_seed(seed, i)))
+             for i, s in enumerate(starts)]  # fmt: skip
+    parts = run_tasks(_generate_shard, tasks, workers=workers, desc=desc)
+    if not parts:
+        return generate(model, tokenizer, [], seed=seed, **kwargs)
+    merged = GenerationResult(
+        prompt_index=[], prompt_ids=[], token_ids=[], texts=[], finish_reasons=[], token_logprobs=[],
+        sampling_logprobs=[], entropies=[], entropy_vars=[],
+        hidden_states=[] if parts[0].hidden_states is not None else None,
+        prompt_hidden_states=[] if parts[0].prompt_hidden_states is not None else None,
+        settings=dict(parts[0].settings, seed=seed, shard_prompts=shard_prompts),
+    )  # fmt: skip
+    for start, part in zip(starts, parts):
+        merged.prompt_index += [start + i for i in part.prompt_index]
+        for name in ("prompt_ids", "token_ids", "texts", "finish_reasons", "token_logprobs", "sampling_logprobs",
+                     "entropies", "entropy_vars", "hidden_states", "prompt_hidden_states"):  # fmt: skip
+            if getattr(merged, name) is not None:
+                getattr(merged, name).extend(getattr(part, name))
+    return merged
+
+
 def _generate_batch(
     model, tokenizer, seqs, max_new_tokens, sample_kw, gen, use_cache, want_hidden, limit, stop_at_eos, pool
 ):

@@ -172,3 +172,23 @@ def test_restores_mode_and_uses_eval(tok):
     m.eval()
     score_continuations(m, tok, ["a"], [" dog"])
     assert not m.training
+
+
+def test_sharded_generation_is_the_same_for_one_and_two_workers(model, tok):
+    """Shards seed themselves: the worker count cannot change a sample; shard i equals a plain
+    generate call on its prompts with shard_seed(seed, i)."""
+    from trustlab.lm.generation import generate_sharded, shard_seed
+
+    prompts = PROMPTS * 3  # 9 prompts -> shards of 4, 4, 1
+    kw = dict(max_new_tokens=6, do_sample=True, num_return_sequences=3, batch_size=5, return_hidden_states="mean")
+    one = generate_sharded(model, tok, prompts, shard_prompts=4, workers=1, seed=7, **kw)
+    two = generate_sharded(model, tok, prompts, shard_prompts=4, workers=2, seed=7, **kw)
+    assert one.token_ids == two.token_ids and one.prompt_index == two.prompt_index
+    for x, y in zip(one.token_logprobs + one.hidden_states, two.token_logprobs + two.hidden_states):
+        np.testing.assert_array_equal(x, y)
+    assert one.prompt_index == [i for i in range(9) for _ in range(3)]
+    last = generate(model, tok, prompts[8:], seed=shard_seed(7, 2), **kw)
+    assert one.token_ids[-3:] == last.token_ids
+    assert shard_seed(7, 0) != shard_seed(7, 1) and shard_seed(None, 3) is None
+    with pytest.raises(ValueError, match="shard_prompts = 0"):
+        generate_sharded(model, tok, prompts, shard_prompts=0, **kw)
