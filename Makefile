@@ -12,7 +12,7 @@ export DVC_NO_ANALYTICS := 1
 export WANDB_ERROR_REPORTING := false
 export PYTHONPATH := $(CURDIR)/lib
 
-.PHONY: setup repro test test-fast browser-deps bench lab front-page plots plots-diff plots-template \
+.PHONY: setup repro test test-fast browser-deps bench replicate lab front-page plots plots-diff plots-template \
 	wandb-sync wandb-report lock params-check clean-venv help
 
 # The browser test (tests/e2e/test_browser.py) drives Debian's headless Chromium.
@@ -22,6 +22,7 @@ help:
 	@echo "make repro       set up .venv and run the whole pipeline (dvc repro)"
 	@echo "make test        set up .venv and run the whole test suite"
 	@echo "make bench       benchmark the tiny GPT (training, generation, attention paths)"
+	@echo "make replicate   rerun everything with base_model.seed 1 and mark fragile verdicts (as long as repro)"
 	@echo "make lab         start JupyterLab with the project kernel and Jupytext"
 	@echo "make front-page  (re)render reports/index.html from whatever reports exist"
 	@echo "make plots       dvc plots show, rendered offline (vendored vega) -> dvc_plots/index.html"
@@ -68,6 +69,11 @@ browser-deps:
 
 bench: setup
 	$(BIN)/python pipelines/bench.py
+
+# The whole pipeline again with base_model.seed 1 in a clone of HEAD: marks fragile verdicts
+replicate: setup
+	$(BIN)/python pipelines/replicate_base_seed.py --seed 1
+	$(BIN)/dvc repro front_page
 
 # JUPYTER_PATH first: the venv's "python3" kernelspec (the project interpreter) wins over any
 # user-level one; jupytext's server extension (installed in the venv) pairs .ipynb and .py.

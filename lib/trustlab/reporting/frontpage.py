@@ -34,7 +34,7 @@ from typing import Any
 from trustlab.core import claims as claims_engine
 from trustlab.core import io
 from trustlab.core.claims import COLUMNS, RULE, VERDICTS, count_verdicts
-from trustlab.reporting import templates
+from trustlab.reporting import robustness, templates
 from trustlab.stages import STAGES, Stage
 
 CLAIM_COLUMNS: tuple[str, ...] = COLUMNS
@@ -45,7 +45,8 @@ SYNC_COMMAND = "wandb sync --yes"
 # The claims table's columns: (header, how the sorting script compares it).
 CLAIM_HEADERS = (("Family", "text"), ("Claim", "text"), ("Source paper", "text"), ("Metric", "text"),
                  ("Unit", "text"), ("n", "num"), ("Effect [95% CI]", "num"), ("Test", "text"), ("p", "num"),
-                 ("MDE", "num"), ("Paper effect", "num"), ("Power", "text"), ("Verdict", "num"))  # fmt: skip
+                 ("MDE", "num"), ("Paper effect", "num"), ("Power", "text"), ("Verdict", "num"),
+                 ("Base-model seed", "text"))  # fmt: skip
 
 
 class FrontPageError(RuntimeError):
@@ -341,7 +342,16 @@ def _sort_key(x: float | None) -> str:
     return "" if x is None else repr(x)
 
 
-def claim_view(row: Mapping[str, Any]) -> dict[str, Any]:
+def robustness_text(row: Mapping[str, Any], agreement: robustness.Agreement | None) -> tuple[str, str]:
+    """(label, note) of a claim's robustness to the base model's seed."""
+    if agreement is None or not agreement.comparable:
+        return "not replicated", ""
+    status = agreement.status.get(row["id"], "not replicated")
+    other = agreement.replicate_verdict.get(row["id"])
+    return status, (f"seed {agreement.seed}: {other}" if other else "")
+
+
+def claim_view(row: Mapping[str, Any], agreement: robustness.Agreement | None = None) -> dict[str, Any]:
     """One claims row with the display text and sort keys the template shows."""
     effect, p, mde = (_finite_or_none(row.get(k)) for k in ("effect", "p_value", "mde"))
     paper = _finite_or_none(row.get("paper_effect"))
@@ -353,6 +363,7 @@ def claim_view(row: Mapping[str, Any]) -> dict[str, Any]:
         "p_text": fmt_p(p), "sort_p": _sort_key(p),
         "mde_text": mde_text if row.get("verdict") != "not evaluated" else "n/a", "sort_mde": _sort_key(mde),
         "paper_effect_text": fmt_number(paper) if paper is not None else "\u2014", "sort_paper_effect": _sort_key(paper),
+        "robustness": robustness_text(row, agreement)[0], "robustness_note": robustness_text(row, agreement)[1],
     }  # fmt: skip
 
 
@@ -433,7 +444,8 @@ def render_wandb_section(info: WandbInfo) -> str:
 
 def render_page(stages: Sequence[StageReport], claims: Sequence[Mapping[str, Any]], prov: Provenance,
                 wandb: WandbInfo, pretraining: float | None = None,
-                pretraining_cores: float | None = None) -> str:  # fmt: skip
+                pretraining_cores: float | None = None,
+                agreement: robustness.Agreement | None = None) -> str:  # fmt: skip
     counts = count_verdicts(claims)
     families = [s for s in stages if s.kind == "family"]
     run = [s.name for s in families if s.status != "not run"]
@@ -451,8 +463,10 @@ def render_page(stages: Sequence[StageReport], claims: Sequence[Mapping[str, Any
     return templates.render(
         "frontpage.html.j2",
         stages=views,
-        claims=[claim_view(r) for r in claims],
+        claims=[claim_view(r, agreement) for r in claims],
         claims_intro=intro,
+        robustness_text=agreement.text() if agreement else ("No replicate with another base_model.seed is stored: "
+                                                            "run `make replicate` to mark fragile verdicts."),
         rule=RULE,
         verdicts=VERDICTS,
         claim_headers=CLAIM_HEADERS,
@@ -498,8 +512,13 @@ def build_front_page(
     collected = collect_stages(reports_dir, stages)
     claims = gather_claims(collected, reports_dir)
     prov = collect_provenance(params, lock_path, data_dir)
+    try:
+        replicates = robustness.load_replicates(reports_dir)
+    except ValueError as exc:
+        raise FrontPageError(str(exc)) from None
+    agreement = robustness.compare(claims, replicates[0], params) if replicates else None
     html = render_page(collected, claims, prov, wandb, pretraining_seconds(reports_dir),
-                       _finite_or_none(pretraining_timing(reports_dir).get("cpu_cores")))
+                       _finite_or_none(pretraining_timing(reports_dir).get("cpu_cores")), agreement)
     claims_json, claims_csv = write_claims(claims, reports_dir)
     page = io.atomic_write_text(reports_dir / "index.html", html)
     return FrontPage(page, claims_json, claims_csv, collected, claims)

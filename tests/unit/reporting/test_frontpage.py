@@ -130,7 +130,7 @@ def test_claims_table_cells_verdict_colours_and_sort_keys(reports, tmp_path):
     table = table[: table.index("</table>")]
     headers = re.findall(r"<th data-type=\"\w+\">(.*?)</th>", table)
     assert headers == ["Family", "Claim", "Source paper", "Metric", "Unit", "n", "Effect [95% CI]", "Test", "p",
-                       "MDE", "Paper effect", "Power", "Verdict"]  # fmt: skip
+                       "MDE", "Paper effect", "Power", "Verdict", "Base-model seed"]  # fmt: skip
     rows = re.findall(r"<tr data-family=(.*?)</tr>", table, re.S)
     assert len(rows) == 4
     cells = [re.findall(r"<td[^>]*>(.*?)</td>", r, re.S) for r in rows]
@@ -443,3 +443,30 @@ def test_dirty_flag_ignores_what_the_pipeline_writes(tmp_path, monkeypatch):
     assert provenance.git_dirty() is False
     (tmp_path / "params.yaml").write_text("b\n")
     assert provenance.git_dirty() is True
+
+
+def test_claims_are_marked_fragile_when_the_base_model_seed_flips_them(reports, tmp_path):
+    """A stored replicate with the same design marks agreeing verdicts robust and flipped ones
+    fragile; a replicate of another design is not compared; a broken record stops the page."""
+    from trustlab.reporting import robustness
+
+    first = _page(tmp_path)
+    assert "No replicate with another base_model.seed" in first.html_path.read_text()
+    flipped = [dict(c, verdict="inconclusive") if c["verdict"] == "supported" else c for c in first.claims]
+    params = _params()
+    params["base_model"] = dict(params["base_model"], seed=1)
+    record = robustness.replicate_record(flipped, params, commit="abc1234")
+    path = robustness.replicate_path(tmp_path / "reports", 1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record))
+    agreement = robustness.compare(first.claims, record, _params())
+    assert agreement.comparable and agreement.compared == 3 and agreement.agreeing == 2
+    assert agreement.status["calibration/ece-supported"] == "fragile"
+    assert agreement.status["calibration/brier-not-evaluated"] == "not replicated"
+    html = _page(tmp_path).html_path.read_text()
+    assert "2 of 3 verdicts agree (67%)" in html and 'class="robust-fragile">fragile' in html
+    other = robustness.compare(first.claims, record, dict(_params(), calibration={"epochs": 1}))
+    assert not other.comparable and set(other.status.values()) == {"not replicated"}
+    path.write_text("{}")
+    with pytest.raises(frontpage.FrontPageError, match="not a replicate record"):
+        _page(tmp_path)
