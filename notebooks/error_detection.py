@@ -227,6 +227,54 @@ else:
 show(F.plot_injected(inj_table, span), "injected_vs_natural")
 
 # %% [markdown]
+# ## Where did it go wrong? Step-level localisation (CORRECT, adaptation)
+#
+# The scratchpad task writes column addition step by step (`7+5+0=12; 4+8+1=13; answer 132`), so a
+# wrong response has a *first wrong step*: the first step that differs from the right step of its
+# column (the ground truth; trajectories without a wrong step are not localised). For scratchpad
+# prompts from a fit part and a test part, the base model's greedy trajectory is split into steps,
+# and each step is described by its tokens' statistics (min and mean log-probability, max entropy,
+# the log-probabilities of the operand, carry and sum digits) and its operation (column, true
+# carry-in, whether the column overflows). A localiser points at one step per trajectory:
+# *first low-probability step* (the first step whose min token probability is below a threshold
+# fitted on the fit split), *max-entropy step*, the *position prior* (the fit split's most common
+# first-wrong position: what position alone gives, a reference) and the **CORRECT schema cache**:
+# each diagnosed failure of the fit split becomes a schema (its step kind and the standardised
+# statistics of its first wrong step); a step scores high when its nearest cached schemata are
+# closer than its nearest right steps of the same kind, and the earliest step over a fitted
+# threshold is chosen. After each test trajectory is localised its diagnosis is added, so the
+# cache grows over the test stream. **Injected errors** (AEGIS-style): a wrong sum digit or a
+# dropped carry at a known step of the reference answer, teacher-forced, every earlier step being
+# one the model wrote itself. Exact = the chosen step is the first wrong step; within 1 = at most
+# one step off. Brackets: 95% bootstrap CIs over trajectories.
+
+# %%
+correct_run = detect.run_correct(cfg, base_model, base_tok, stage.data, progress=say)
+localisation = T.localisation_table(cfg, correct_run)
+growth = T.cache_growth_table(correct_run)
+if correct_run is None:
+    print("error_detection.correct.enabled is false: step localisation skipped")
+else:
+    print(f"natural trajectories: fit {correct_run.counts['natural_fit']}, test {correct_run.counts['natural_test']}; "
+          f"injected: {correct_run.counts.get('injection_kinds')}; baseline chosen on the fit split: "
+          f"{correct_run.baseline}")
+    display(T.localisation_display(localisation))
+    display(T.localisation_seconds(correct_run))
+
+# %% [markdown]
+# ### Cache growth
+#
+# After the first c test trajectories of the stream have been diagnosed into the cache, the cache
+# is frozen and the rest of the stream is localised; the localisers without a cache are scored on
+# the same remaining trajectories, so each point compares like with like (the set shrinks as c
+# grows, so later points are noisier).
+
+# %%
+if len(growth):
+    display(growth.pivot_table(index="added", columns="label", values="exact", sort=False))
+show(F.plot_cache_growth(growth), "cache_growth")
+
+# %% [markdown]
 # ## Fine-tuned models (NoiseFiT exports)
 #
 # The same prompts, split and detectors on the models listed in `error_detection.models`
@@ -280,11 +328,14 @@ T.task_table(table, span, cfg.claims_min_per_class).query("detector in ['msp', '
 # resamples. The interval covers response sampling only, not training-seed variation. AUROC is
 # averaged over the tasks that have enough right and wrong test responses (`claims_aggregate:
 # task_mean`, as per-benchmark papers report it); each note also gives the pooled value. "The best
-# of a group" is always chosen on the fit split, never by test labels.
+# of a group" is always chosen on the fit split, never by test labels. The last claim compares
+# exact-step accuracy instead: the CORRECT schema cache against the better no-cache baseline (first
+# low-probability step or max-entropy step, chosen by fit-split accuracy), paired over the natural
+# test trajectories with a written first wrong step.
 
 # %%
-results = detect.Results(cfg, runs, model_dirs)
-claims = C.claim_rows(cfg, base.stats, base.dets)
+results = detect.Results(cfg, runs, model_dirs, correct=correct_run)
+claims = C.claim_rows(cfg, base.stats, base.dets) + C.correct_claim_rows(cfg, correct_run)
 claims_df = T.claims_frame(claims)
 claims_df[["id", "claim", "metric", "effect", "ci_low", "ci_high", "p_value", "verdict", "reason", "note"]]
 
@@ -308,7 +359,7 @@ f1_check
 # What the numbers of this run show (generated from the results):
 
 # %%
-findings = R.findings(cfg, base, table, claims, err_table, inj_table, models_table, f1_check)
+findings = R.findings(cfg, base, table, claims, err_table, inj_table, models_table, f1_check, localisation)
 display(Markdown(findings))
 
 # %% [markdown]
@@ -321,7 +372,11 @@ display(Markdown(findings))
 # Hidden-state detectors are supervised: they learn from the fit split's labels, which the
 # logit and sampling detectors never see, so "hidden beats logit" compares a trained detector with
 # zero-shot ones. With one model and one seed the CIs are over responses only; they do not cover
-# the variation between training runs.
+# the variation between training runs. The CORRECT schema cache is an adaptation: its schemata are
+# vectors of the model's token statistics retrieved by nearest neighbours, not the paper's
+# LLM-written schemata read by an LLM; the scratchpad steps are short and of four kinds, and a
+# symbolic checker would localise them exactly from the prompt (the localisers never compare a
+# step with its right value: they read only the model's statistics and the step's operation).
 
 # %% [markdown]
 # ## Outputs
@@ -336,7 +391,7 @@ results.usage = {"wall_s": stage.seconds(), "cpu_s": detect.cpu_seconds() - cpu_
 results.usage["cores_used"] = results.usage["cpu_s"] / max(results.usage["wall_s"], 1e-9)
 tables = {"detectors": table, "by_task": headline_table, "within_task": within_task, "error_rates": err_table, "cost": cost,
           "per_layer": layer_table, "injected": inj_table, "models": models_table, "claims": claims_df,
-          "roc": roc, "pr": pr, "rejection": rejection}
+          "roc": roc, "pr": pr, "rejection": rejection, "localisation": localisation, "cache_growth": growth}
 outputs = R.stage_outputs(results, tables, claims, f1_check,
                           notes={"models": "none listed" if not cfg.models else list(model_dirs)[1:]})
 metrics = close_stage(
@@ -345,7 +400,9 @@ metrics = close_stage(
              ("F1 at the base rate (check)", f1_check),
              ("Detectors (test, all tasks)", T.display_table(table, "all")),
              ("Pooled vs within-task AUROC", within_task), ("Error rates", err_table),
-             ("Cost", cost[cost.span == span]), ("Injected errors", inj_table), ("Models", models_table),
+             ("Cost", cost[cost.span == span]), ("Injected errors", inj_table),
+             ("Step localisation (CORRECT, adaptation)", T.localisation_display(localisation)),
+             ("Models", models_table),
              ("Findings", findings)],
     log_summary=lambda html: R.log_runs(results, {**tables, "f1_base_rate_check": f1_check}, stage.figures, claims,
                                         profile=stage.profile, html_path=html, summary=outputs.headline),

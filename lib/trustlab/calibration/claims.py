@@ -7,13 +7,22 @@ label-noise claims are one per noise kind and rate (``calibration.noise``). A cl
 variant was not run (a loss, calibrator, noise setting or the LM section left out of the
 config) stays in the table as *not evaluated*, with the reason.
 
-No paper effect is attached: the papers report their effects on CIFAR / ImageNet-scale
-models and real crowd labels, which a one-hidden-layer MLP on 8x8 digits does not reproduce
-on the same scale. Method background: docs/methods/calibration.md.
+**Tuning budget.** Every row's note says how the compared sides were tuned: the losses
+(focal vs CE, ALDR-KL vs CE) with equal budgets on validation data and the values chosen
+(:mod:`.tuning`; the label-noise rows reuse the clean digits choices), every other pair at its
+``params.yaml`` values (an equal budget of no trials).
+
+**Paper effects.** Only the focal-loss claims carry one: Mukhoti et al. 2020 report pre-TS ECE
+per dataset and network, and their CIFAR-10 / ResNet-50 row gives a single method - baseline
+number on our metric (a share). The other papers report no effect on a comparable metric
+(docs/methods/calibration.md). Where the design's minimum detectable effect exceeds the paper's
+effect, the row's note says the claim is underpowered and about how many seeds would detect
+the paper's effect with the observed spread.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -22,12 +31,28 @@ import pandas as pd
 
 from trustlab.calibration.data import NOISE_KINDS
 from trustlab.calibration.lm import OBJECTIVES
-from trustlab.core.claims import ClaimSpec, check_specs, seed_row, unevaluated_row
+from trustlab.core.claims import (
+    ALPHA,
+    POWER,
+    TEST_SIGN_FLIP,
+    ClaimSpec,
+    check_specs,
+    mde_paired_t,
+    seed_row,
+    seeds_needed_for_sign_flip,
+    unevaluated_row,
+)
 
-__all__ = ["CLAIMS", "FAMILY", "PAPERS", "Comparison", "claim_row", "claim_rows", "comparisons"]
+__all__ = ["CLAIMS", "FAMILY", "PAPERS", "Comparison", "budget_note", "claim_row", "claim_rows", "comparisons",
+           "seeds_to_detect"]  # fmt: skip
 
 FAMILY = "calibration"
 SHARE = (0.0, 1.0)  # ECE, accuracy and F1 are shares
+UNTUNED = "neither side is tuned: both run at their params.yaml values (an equal budget of no trials)"
+# Mukhoti et al. 2020, Table 1, CIFAR-10 / ResNet-50, ECE before temperature scaling: 4.35% (CE), 1.48% (focal, gamma 3)
+FOCAL_PAPER_EFFECT = 0.0148 - 0.0435
+FOCAL_PAPER_SOURCE = ("Mukhoti et al. 2020, Table 1: CIFAR-10 / ResNet-50, pre-TS ECE 4.35% (CE) -> 1.48% "
+                      "(focal, gamma = 3); a deep network on CIFAR-10, not our MLP")  # fmt: skip
 
 PAPERS = {
     "ca": "Liu et al. 2024, Optimizing Calibration by Gaining Aware of Prediction Correctness",
@@ -55,6 +80,9 @@ class Comparison:
     method: Mapping[str, Any]
     baseline: Mapping[str, Any]
     needs: str
+    losses: tuple[str, ...] = ()  # the compared training losses, tuned on ``dataset`` (empty: nothing tuned)
+    dataset: str = "digits"
+    untuned: str = UNTUNED  # the note of a comparison without tuned losses
 
 
 def _lm_comparison(objective: str) -> Comparison:
@@ -80,7 +108,7 @@ def _label_noise_comparison(kind: str, rate: float) -> Comparison:
     at = {"noise": kind, "rate": rate, "variant": "raw"}
     return Comparison(spec, "robustness", "id_acc", {**at, "loss": "aldr_kl"}, {**at, "loss": "ce"},
                       f"'aldr_kl' and 'ce' in calibration.noise.losses, {kind!r} in calibration.noise.kinds "
-                      f"and {rate:g} in calibration.noise.rates")  # fmt: skip
+                      f"and {rate:g} in calibration.noise.rates", losses=("aldr_kl", "ce"))  # fmt: skip
 
 
 def _spc_comparison(metric: str, what: str, note: str, dataset: str = "digits") -> Comparison:
@@ -94,7 +122,8 @@ def _spc_comparison(metric: str, what: str, note: str, dataset: str = "digits") 
     needs = "'ce' in calibration.losses and 'spc' and 'msp' in calibration.detectors"
     needs += " and at least one shift" if metric == "shift_auroc" else ""
     needs += f" and calibration.{dataset}.enabled: true" if dataset != "digits" else ""
-    return Comparison(spec, table, metric, {"loss": "ce", "detector": "spc"}, {"loss": "ce", "detector": "msp"}, needs)
+    return Comparison(spec, table, metric, {"loss": "ce", "detector": "spc"}, {"loss": "ce", "detector": "msp"}, needs,
+                      untuned="neither detector is tuned (an equal budget of no trials); both score the same CE model")
 
 
 def comparisons(noise_rates: Sequence[float] = (0.4,)) -> tuple[Comparison, ...]:
@@ -107,22 +136,27 @@ def comparisons(noise_rates: Sequence[float] = (0.4,)) -> tuple[Comparison, ...]
                       note="ce-trained MLP, ECE averaged over all shifts and severities"),
             "main", "shift_ece", {"loss": "ce", "variant": "ca"}, {"loss": "ce", "variant": "ts"},
             "'ce' in calibration.losses, 'ts' and 'ca' in calibration.calibrators and at least one shift",
+            untuned="neither calibrator is tuned (an equal budget of no trials); both calibrate the same CE model",
         ),
         Comparison(
             ClaimSpec(id="focal_vs_ce_id_ece", claim="Focal loss improves ECE over cross-entropy",
                       paper=PAPERS["focal"], metric="id_ece", method="focal (raw)", baseline="ce (raw)",
-                      expected="decrease", range=SHARE, note="in-distribution test set, before temperature scaling"),
+                      expected="decrease", range=SHARE, paper_effect=FOCAL_PAPER_EFFECT,
+                      paper_effect_source=FOCAL_PAPER_SOURCE,
+                      note="in-distribution test set, before temperature scaling"),
             "main", "id_ece", {"loss": "focal", "variant": "raw"}, {"loss": "ce", "variant": "raw"},
-            "'focal' and 'ce' in calibration.losses",
+            "'focal' and 'ce' in calibration.losses", losses=("focal", "ce"),
         ),
         Comparison(
             ClaimSpec(id="focal_vs_ce_id_ece_waveforms",
                       claim="Focal loss improves ECE over cross-entropy on the waveform digits",
                       paper=PAPERS["focal"], metric="id_ece", method="focal (raw)", baseline="ce (raw)",
-                      expected="decrease", range=SHARE,
+                      expected="decrease", range=SHARE, paper_effect=FOCAL_PAPER_EFFECT,
+                      paper_effect_source=FOCAL_PAPER_SOURCE,
                       note="second dataset: generated 1-D waveform digits, test set, before temperature scaling"),
             "waveforms", "id_ece", {"loss": "focal", "variant": "raw"}, {"loss": "ce", "variant": "raw"},
-            "'focal' and 'ce' in calibration.losses and calibration.waveforms.enabled: true",
+            "'focal' and 'ce' in calibration.losses and calibration.waveforms.enabled: true", losses=("focal", "ce"),
+            dataset="waveforms",
         ),
         *(_label_noise_comparison(kind, rate) for kind in NOISE_KINDS for rate in noise_rates),
         Comparison(
@@ -169,19 +203,84 @@ def _per_seed(df: pd.DataFrame | None, column: str, select: Mapping[str, Any]) -
     return {int(s): float(v) for s, v in zip(rows["seed"], rows[column])}
 
 
-def claim_row(comparison: Comparison, table: pd.DataFrame | None) -> dict[str, Any]:
-    """One row of the claims table: method minus baseline paired by seed, or *not evaluated*."""
+def _fmt_values(values: Sequence[float]) -> str:
+    return ", ".join(f"{v:g}" for v in values)
+
+
+def budget_note(comparison: Comparison, tuning: Any | None) -> str:
+    """How the two sides were tuned: equal budgets with the chosen values (``tuning``: a
+    :class:`trustlab.calibration.tuning.TuningResult`), untuned (no tuning in the run), or the
+    comparison's ``untuned`` text when it compares no training losses."""
     c = comparison
+    if not c.losses:
+        return c.untuned
+    choices = [tuning.choice(c.dataset, loss) for loss in c.losses] if tuning is not None else []
+    if not choices or any(ch is None for ch in choices):
+        return ("not tuned: both losses run at their params.yaml values (calibration.tuning.enabled: false or the "
+                "loss was not swept)")  # fmt: skip
+    seeds = _fmt_values(tuning.seeds)
+    picked = "; ".join(f"{loss} {knob} = {value:g} of [{_fmt_values(grid)}]"
+                       for loss, (knob, value, grid) in zip(c.losses, choices))  # fmt: skip
+    reused = " (the clean digits choices, reused under label noise)" if c.table == "robustness" else ""
+    return (f"tuned with equal budgets: {tuning.trials} values each, trained on tuning seed(s) {seeds} and chosen by "
+            f"the lowest validation NLL{reused}: {picked}")  # fmt: skip
+
+
+def seeds_to_detect(sd: float, effect: float, limit: int = 10_000) -> int | None:
+    """The fewest seeds whose paired t-test detects ``|effect|`` with 80% power at the 5% level
+    given the spread ``sd`` of the per-seed differences (:func:`trustlab.core.claims.mde_paired_t`);
+    with no spread, the fewest seeds the exact sign-flip test needs. None when ``sd`` is not
+    finite, ``effect`` is 0 or more than ``limit`` seeds would be needed."""
+    if not math.isfinite(sd) or effect == 0:
+        return None
+    if sd == 0:
+        return seeds_needed_for_sign_flip()
+    n = 2
+    while n <= limit:
+        if mde_paired_t(sd, n) <= abs(effect):
+            return n
+        n = n + 1 if n < 100 else math.ceil(n * 1.05)  # the MDE shrinks like 1/sqrt(n): coarser steps far out
+    return None
+
+
+def _power_note(row: Mapping[str, Any], spec: ClaimSpec, diffs: Sequence[float]) -> str:
+    """For an underpowered row with a paper effect: the MDE against the paper's effect and what it would take."""
+    if row.get("power") != "underpowered" or spec.paper_effect is None:
+        return ""
+    sd = float(pd.Series(list(diffs)).std(ddof=1)) if len(diffs) > 1 else float("nan")
+    mde = row.get("mde")
+    have = f"MDE {mde:.4f}" if mde is not None else f"no detectable effect with {row['n']} seeds"
+    need = seeds_to_detect(sd, spec.paper_effect)
+    if need is not None and row.get("test") == TEST_SIGN_FLIP:  # tied differences: the exact test has a floor too
+        need = max(need, seeds_needed_for_sign_flip())
+    what = (f"about {need} seeds (now {row['n']}) would detect it with {POWER:.0%} power at the {ALPHA:.0%} level, "
+            f"given the observed spread of the per-seed differences (sd {sd:.4f})" if need is not None
+            else "no feasible number of seeds would detect it with the observed spread")  # fmt: skip
+    return f"underpowered: {have} > |paper effect| {abs(spec.paper_effect):.4f}; {what}"
+
+
+def claim_row(comparison: Comparison, table: pd.DataFrame | None, tuning: Any | None = None) -> dict[str, Any]:
+    """One row of the claims table: method minus baseline paired by seed, or *not evaluated*;
+    the note says how both sides were tuned (:func:`budget_note`) and, when the design cannot
+    detect the paper's effect, that the claim is underpowered and what it would take."""
+    c = comparison
+    budget = budget_note(c, tuning)
     method, baseline = _per_seed(table, c.column, c.method), _per_seed(table, c.column, c.baseline)
     if not method or not baseline:
         which = "method" if not method else "baseline"
-        return unevaluated_row(FAMILY, c.spec, f"the {which} was not run in this configuration; it needs {c.needs}")
-    return seed_row(FAMILY, c.spec, method, baseline)
+        return unevaluated_row(FAMILY, c.spec, f"the {which} was not run in this configuration; it needs {c.needs}",
+                               note=budget)  # fmt: skip
+    row = seed_row(FAMILY, c.spec, method, baseline, note=budget)
+    power = _power_note(row, c.spec, [method[s] - baseline[s] for s in method if s in baseline])
+    if power:
+        row["note"] = f"{row['note']}; {power}"
+    return row
 
 
 def claim_rows(results: Any, noise_rates: Sequence[float] = (0.4,)) -> list[dict[str, Any]]:
     """The claims table of one run: ``results`` is a :class:`trustlab.calibration.run.Results`
-    (or any object with ``main``, ``robustness``, ``soft_labels``, ``anyloss`` and ``lm``)."""
+    (or any object with ``main``, ``robustness``, ``soft_labels``, ``anyloss`` and ``lm``, and
+    optionally ``tuning``)."""
     tables = {
         "main": results.main.main if results.main is not None else None,
         "detection": results.main.detection if results.main is not None else None,
@@ -192,4 +291,5 @@ def claim_rows(results: Any, noise_rates: Sequence[float] = (0.4,)) -> list[dict
         "anyloss": results.anyloss,
         "lm": results.lm.table if results.lm is not None else None,
     }
-    return [claim_row(c, tables[c.table]) for c in comparisons(noise_rates)]
+    tuning = getattr(results, "tuning", None)
+    return [claim_row(c, tables[c.table], tuning) for c in comparisons(noise_rates)]

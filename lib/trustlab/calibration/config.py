@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 from trustlab.calibration.calibrators import CALIBRATORS
 from trustlab.calibration.data import NOISE_KINDS, SHIFTS, SOFT_METHODS
 from trustlab.calibration.losses import LOSSES, loss_names, validate_loss
+from trustlab.calibration.tuning import DEFAULT_GRIDS, check_grids, tuned_losses
 from trustlab.core.config import ConfigError, Section
+from trustlab.core.tuning import check_equal_budget
 
 __all__ = [
     "CalibrationConfig",
@@ -24,6 +26,7 @@ __all__ = [
     "AnyLossSettings",
     "LMSettings",
     "SPCSettings",
+    "TuningSettings",
     "WaveformSettings",
     "LM_POOLS",
     "MAIN_LOSSES",
@@ -152,12 +155,16 @@ class SPCSettings(Section):
     steps: int = 300  # full-batch Adam steps on the validation split
     lr: float = 1e-2
     weight_decay: float = 1e-4
+    uncertainty: str = "adjusted_confidence"  # or "discrepancy", the paper's detection score
+    consistency_tol: float = 0.05  # the paper's gate: adjust p_c only where |mar_up + mar_down - mar| < tol
 
     def validate(self) -> None:
         self.check_range("hidden", 1, None)
         self.check_range("steps", 1, None)
         self.check_range("lr", 0, None, lo_open=True)
         self.check_range("weight_decay", 0, None)
+        self.check_choice("uncertainty", ["adjusted_confidence", "discrepancy"])  # detectors.SPC_UNCERTAINTIES
+        self.check_range("consistency_tol", 0, None, lo_open=True)
 
 
 @dataclass(frozen=True)
@@ -178,6 +185,30 @@ class WaveformSettings(Section):
         self.check_range("length", 8, None)
         self.check_range("n_train", 20, None)
         self.check_range("epochs", 1, None)
+
+
+@dataclass(frozen=True)
+class TuningSettings(Section):
+    """Equal-budget tuning of every loss on validation data (``trustlab.calibration.tuning``):
+    each tuned loss gets exactly ``trials`` values of its knob (``grids``: loss -> values),
+    each trained on every tuning seed's training split and scored on its validation split."""
+
+    SECTION = "calibration.tuning"
+    enabled: bool = True
+    seeds: list[int] = field(default_factory=lambda: [100])  # disjoint from calibration.seeds
+    trials: int = 4  # the budget: values per loss, the same for every loss
+    grids: dict[str, list[float]] = field(default_factory=lambda: {k: list(v) for k, v in DEFAULT_GRIDS.items()})
+
+    def validate(self) -> None:
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            self.fail("seeds", "at least one non-negative integer seed, each at most once")
+        self.check_range("seeds", 0, None)
+        self.check_range("trials", 1, None)
+        unknown = [k for k in self.grids if k not in loss_names("multiclass")]
+        if unknown:
+            raise ConfigError(f"{self._path()}.grids: unknown loss {unknown[0]!r}; allowed: "
+                              f"{', '.join(map(repr, loss_names('multiclass')))}")  # fmt: skip
+        check_grids(self.grids, f"{self._path()}.grids")
 
 
 LM_POOLS = ["world_qa/qa_train", "world_qa/qa_heldout", "world_qa/new_facts", "arithmetic/test", "arithmetic/ood"]
@@ -242,6 +273,9 @@ class CalibrationConfig(Section):
     lr: float = 1e-2
     batch_size: int = 32
     weight_decay: float = 0.0
+    # per-loss weight decay overrides, e.g. {"ce": 0.001}; the tuning sets them for the losses
+    # tuned on weight decay (trustlab.calibration.tuning)
+    weight_decay_per_loss: dict[str, float] = field(default_factory=dict)
     threads: int = 1  # torch threads of a serial run (workers = 1); each worker process uses one
     workers: int = 0  # processes for the independent (loss, seed) runs: 0 = every core, 1 = serial
     enable_progress_bar: bool | None = None  # None: trustlab.core.progress decides
@@ -254,6 +288,7 @@ class CalibrationConfig(Section):
     detectors: list[str] = field(default_factory=lambda: ["msp", "entropy", "spc"])  # error detectors, raw model
     spc: SPCSettings = field(default_factory=SPCSettings)
     waveforms: WaveformSettings = field(default_factory=WaveformSettings)
+    tuning: TuningSettings = field(default_factory=TuningSettings)
     # sub-tables
     ca: CASettings = field(default_factory=CASettings)
     noise: NoiseSettings = field(default_factory=NoiseSettings)
@@ -285,6 +320,14 @@ class CalibrationConfig(Section):
         self.check_range("lr", 0.0, None, lo_open=True)
         self.check_range("batch_size", 1, None)
         self.check_range("weight_decay", 0.0, None)
+        for name, wd in self.weight_decay_per_loss.items():
+            if name not in LOSSES:
+                raise ConfigError(f"{self._path()}.weight_decay_per_loss: unknown loss {name!r}; "
+                                  f"allowed: {', '.join(map(repr, LOSSES))}")  # fmt: skip
+            if not wd >= 0.0:
+                raise ConfigError(f"{self._path()}.weight_decay_per_loss.{name} = {wd!r} is out of range: "
+                                  "allowed 0 <= weight_decay")  # fmt: skip
+        self._validate_tuning()
         self.check_range("threads", 1, 64)
         self.check_subset("shifts", SHIFTS, nonempty=False)
         self.check_subset("severities", [1, 2, 3, 4, 5], nonempty=bool(self.shifts))
@@ -295,6 +338,29 @@ class CalibrationConfig(Section):
         from trustlab.calibration.detectors import DETECTORS  # torch: kept out of the module import
 
         self.check_subset("detectors", DETECTORS.names(), nonempty=False)
+
+    def _validate_tuning(self) -> None:
+        """Every tuned loss has a grid of exactly ``tuning.trials`` values (the equal budget), and
+        no tuning seed is a test seed."""
+        t = self.tuning
+        if not t.enabled:
+            return
+        where = f"{self._path()}.tuning.grids"
+        used = tuned_losses(self, "digits")  # the waveform table tunes a subset: calibration.losses
+        missing = [loss for loss in used if loss not in t.grids]
+        if missing:
+            raise ConfigError(f"{where}: no grid for {', '.join(map(repr, missing))}; every loss in "
+                              f"calibration.losses and calibration.noise.losses needs one of trials = {t.trials} "
+                              f"values (or set calibration.tuning.enabled: false)")  # fmt: skip
+        check_equal_budget({loss: t.grids[loss] for loss in used}, t.trials, where)
+        shared = sorted(set(t.seeds) & set(self.seeds))
+        if shared:
+            raise ConfigError(f"{self._path()}.tuning.seeds = {t.seeds!r} is not allowed: seed(s) {shared} are "
+                              f"also test seeds (calibration.seeds = {self.seeds!r}); tuning seeds must differ")
+
+    def weight_decay_for(self, loss: str) -> float:
+        """The weight decay ``loss`` trains with: its ``weight_decay_per_loss`` entry, else ``weight_decay``."""
+        return float(self.weight_decay_per_loss.get(loss, self.weight_decay))
 
     def detector_params(self, name: str, seed: int) -> dict[str, float]:
         """Keyword arguments of detector ``name``: the ``spc`` settings it accepts, and the seed."""

@@ -1,7 +1,8 @@
 """The calibration family's figures (matplotlib only here).
 
 Reliability diagrams (Guo et al. 2017) from binned data, the reliability grid of one loss,
-ECE against shift severity, and the language model's answer-level reliability diagrams.
+ECE against shift severity, each loss's validation NLL over its tuning grid, and the language
+model's answer-level reliability diagrams.
 Every ``plot_*`` function returns a Figure and draws nothing but what its inputs hold.
 """
 
@@ -21,6 +22,7 @@ __all__ = [
     "plot_ece_vs_severity",
     "plot_lm_reliability",
     "plot_reliability_grid",
+    "plot_tuning_sweep",
     "reliability_diagram",
     "reliability_diagram_from_bins",
 ]
@@ -133,4 +135,38 @@ def plot_lm_reliability(res: Any):
         reliability_diagram_from_bins({k: b[k].to_numpy(float) for k in ("lo", "hi", "count", "acc", "conf")}, ax=ax,
                                       title=f"LM {m} (T = {t:.2f})")  # fmt: skip
         ax.set_xlabel("answer confidence (sequence probability)")
+    return fig
+
+
+def plot_tuning_sweep(sweep: pd.DataFrame, score: str = "val_nll", ncols: int = 4):
+    """One panel per loss: ``score`` (validation NLL, mean over the tuning seeds) at each
+    candidate of its grid, one line per dataset, the chosen value ringed. The x axis is the
+    grid position (every loss has the same number of trials) labelled with the values, since
+    the knobs live on different scales. ``sweep``: :func:`.tables.tuning_sweep_table`."""
+    losses = list(dict.fromkeys(sweep["loss"]))
+    datasets = list(dict.fromkeys(sweep["dataset"]))
+    nrows = max(1, -(-len(losses) // ncols))
+    cols = min(ncols, max(1, len(losses)))
+    fig, axes = plt.subplots(nrows, cols, figsize=(3.1 * cols, 2.5 * nrows), squeeze=False, layout="constrained")
+    colors = {ds: plt.get_cmap("tab10")(i) for i, ds in enumerate(datasets)}
+    for ax, loss in zip(axes.flat, losses):
+        d = sweep[sweep["loss"] == loss]
+        labels: list[str] = []
+        for ds in datasets:
+            g = d[d["dataset"] == ds]
+            if g.empty:
+                continue
+            x = np.arange(len(g))
+            labels = labels if len(labels) >= len(g) else [f"{v:g}" for v in g["candidate"]]
+            ax.plot(x, g[score], marker="o", ms=3, color=colors[ds], label=ds)
+            chosen = g["chosen"].to_numpy(bool)
+            ax.plot(x[chosen], g[score].to_numpy(float)[chosen], "o", ms=9, mfc="none", mec=colors[ds], mew=1.5)
+        ax.set_xticks(range(len(labels)))
+        ax.set_xticklabels(labels, fontsize="small")
+        ax.set_title(f"{loss}: {d['knob'].iloc[0]}", fontsize="small")
+    for ax in list(axes.flat)[len(losses):]:
+        ax.set_visible(False)
+    for row in axes:
+        row[0].set_ylabel(f"validation {LABELS.get(score.removeprefix('val_'), score)}")
+    axes.flat[0].legend(fontsize="x-small")
     return fig

@@ -50,8 +50,13 @@ def headline(results: Results, claims: Sequence[Mapping[str, Any]]) -> dict[str,
     ``detect_ce_<detector>_[error|shift]_auroc``;
     ``waveforms_<loss>_id_acc``, ``waveforms_<loss>[_ts]_id_ece``; ``noise_<kind>_<pct>_<loss>_acc``; ``soft_<labels>_[id|shift]_ece``; ``anyloss_<loss>_[f1|ece]``;
     ``lm_<method>_ece`` / ``lm_<method>_temperature`` / ``lm_acc`` / ``lm_raw_conf`` (pooled test
-    items); ``claims_<verdict>`` counts."""
+    items); ``tuned_<dataset>_<loss>_<knob>`` (the chosen values); ``claims_<verdict>`` counts."""
     out: dict[str, float] = {}
+    tuning = results.tuning
+    if tuning is not None:
+        for ds, by_loss in tuning.chosen.items():
+            for loss, value in by_loss.items():
+                out[f"tuned_{ds}_{loss}_{_slug(tuning.choice(ds, loss)[0])}"] = value
     main = results.main.main if results.main is not None else None
     if main is not None and not main.empty:
         m = main.groupby(["loss", "variant"], sort=False).mean(numeric_only=True)
@@ -116,13 +121,24 @@ def findings(results: Results, claims: Sequence[Mapping[str, Any]]) -> str:
     lowest and highest shifted ECE per variant, the accuracy range of the raw models, and what
     temperature scaling did to the language model."""
     lines = []
+    tuning = results.tuning
+    if tuning is not None and not tuning.sweep.empty:
+        lines.append(tuning_text(tuning))
+    else:
+        lines.append("- No tuning in this run: every loss trains at its params.yaml values "
+                     "(calibration.tuning.enabled: false).")  # fmt: skip
     for c in claims:
         if c["verdict"] == "not evaluated":
             lines.append(f"- **{c['claim']}** ({c['metric']}): *not evaluated*: {c['reason']}.")
             continue
+        power = ""
+        if c.get("power") == "underpowered":
+            power = " " + next((part.strip() for part in (c.get("note") or "").split(";")
+                                if part.strip().startswith("underpowered")), "underpowered") + "."  # fmt: skip
+            power = power.replace("; ", ", ")
         lines.append(f"- **{c['claim']}** ({c['metric']}, expected {c['expected']}): effect {c['effect']:+.4f} "
                      f"[{c['ci_low']:+.4f}, {c['ci_high']:+.4f}] over {c['n']} seeds, {c['test']} "
-                     f"p = {c['p_value']:.3g} -> *{c['verdict']}*.")  # fmt: skip
+                     f"p = {c['p_value']:.3g} -> *{c['verdict']}*.{power}")  # fmt: skip
     main = results.main.main if results.main is not None else None
     if main is not None and not main.empty and "shift_ece" in main.columns:
         m = main.groupby(["variant", "loss"], sort=False)[["id_acc", "shift_ece"]].mean()
@@ -157,6 +173,27 @@ def findings(results: Results, claims: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def tuning_text(tuning) -> str:
+    """One markdown bullet: the budget, the selection rule and the chosen values of this run."""
+    from trustlab.calibration.tuning import RULE
+
+    per_ds = []
+    for ds, by_loss in tuning.chosen.items():
+        parts = [f"{loss} {tuning.choice(ds, loss)[0]} = {v:g}" for loss, v in by_loss.items()]
+        per_ds.append(f"{ds}: " + ", ".join(parts))
+    seeds = ", ".join(str(s) for s in tuning.seeds)
+    chosen = tb.tuned_values_table(tuning)
+    ends = chosen[chosen["at_grid_end"]] if not chosen.empty else chosen
+    edge = (f" {len(ends)} of {len(chosen)} choices are at an end of their grid "
+            f"({', '.join(f'{r.dataset} {r.loss}' for r in ends.itertuples())}): there the best value may lie outside "
+            "the grid, and those losses are tuned as well as the budget allows, not to their optimum."
+            if len(ends) else "")  # fmt: skip
+    return (f"- **Tuning** (equal budget): every loss got {tuning.trials} values of one knob (its own, or the weight "
+            f"decay for CE, Brier and MAE), each trained on tuning seed(s) {seeds} and scored on the validation "
+            f"split only; the rule: {RULE}. Chosen ({'; '.join(per_ds)}). The test seeds then ran every loss at its "
+            f"chosen value; the label-noise table reuses the digits choices.{edge}")  # fmt: skip
+
+
 def timing(results: Results) -> dict[str, Any]:
     """Every wall time of the run: seconds per part, CPU seconds per part (workers included) and
     the cores they kept busy (cpu / wall), and per table the training seconds of each model
@@ -180,6 +217,10 @@ def timing(results: Results) -> dict[str, Any]:
         out[f"{name}_train_seconds_mean"] = {str(k): float(v) for k, v in per_model.items()}
         if "eval_seconds" in models.columns:
             out[f"{name}_eval_seconds_total"] = float(models["eval_seconds"].sum())
+    if results.tuning is not None and not results.tuning.sweep.empty:
+        sw = results.tuning.sweep
+        out["tuning_train_seconds_total"] = float(sw["train_seconds"].sum())
+        out["tuning_trials"] = int(len(sw))
     if results.lm is not None and "collect_seconds" in results.lm.info:
         out["lm_collect_seconds"] = float(results.lm.info["collect_seconds"])
     return out
@@ -189,7 +230,10 @@ def stage_outputs(results: Results, claims: Sequence[Mapping[str, Any]], config:
     """Everything the stage writes (see the module docstring). Plot data: ``ece_vs_severity``
     (loss, variant, severity, ece, acc), ``reliability`` (bins of every loss x variant x split,
     first seed), the per-seed tables (``main``, ``per_shift``, ``robustness``, ``soft_labels``,
-    ``anyloss``), ``claims`` and, for the LM, ``lm_calibration`` / ``lm_reliability`` / ``lm_items``."""
+    ``anyloss``, ``tuning_sweep``: one row per tuning trial), ``claims`` and, for the LM,
+    ``lm_calibration`` / ``lm_reliability`` / ``lm_items``. ``tables`` also holds the tuning
+    sweep (``tuning_sweep``) and the chosen values (``tuning_chosen``); ``tuning`` the rule, the
+    budget and the choices."""
     mt = results.main
     summaries: dict[str, Any] = {}
     plots: dict[str, Any] = {}
@@ -225,6 +269,18 @@ def stage_outputs(results: Results, claims: Sequence[Mapping[str, Any]], config:
         if df is not None and not df.empty:
             summaries[name] = tb.summarize(df, by).to_dict(orient="records")
             plots[name] = tb.without_timing(df)
+    tuning_part = None
+    tuning = results.tuning
+    if tuning is not None and not tuning.sweep.empty:
+        from trustlab.calibration.tuning import RULE, SCORE
+
+        summaries["tuning_sweep"] = tb.tuning_sweep_table(tuning).to_dict(orient="records")
+        summaries["tuning_chosen"] = tb.tuned_values_table(tuning).to_dict(orient="records")
+        plots["tuning_sweep"] = tb.without_timing(tuning.sweep)
+        chosen = {ds: {loss: {"knob": tuning.choice(ds, loss)[0], "value": v} for loss, v in by_loss.items()}
+                  for ds, by_loss in tuning.chosen.items()}  # fmt: skip
+        tuning_part = {"rule": RULE, "score": SCORE, "trials": tuning.trials, "seeds": list(tuning.seeds),
+                       "chosen": chosen}
     plots["claims"] = tb.claims_frame(claims)
     lm_part = None
     lm = results.lm
@@ -241,7 +297,7 @@ def stage_outputs(results: Results, claims: Sequence[Mapping[str, Any]], config:
         headline=headline(results, claims),
         claims=list(claims),
         plots=plots,
-        extra={"tables": summaries, "lm": lm_part, "config": dict(config)},
+        extra={"tables": summaries, "lm": lm_part, "tuning": tuning_part, "config": dict(config)},
         timing=timing(results),
     )
 

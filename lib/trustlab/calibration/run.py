@@ -6,6 +6,9 @@ seed, metrics)`` callback is called once per trained model, so the notebook can 
 run per (loss, seed) without this module knowing about W&B. The tables land in one
 :class:`Results`.
 
+* :func:`run_tuning`: every loss x each value of its grid x tuning seed, per main-table dataset,
+  scored on the validation split (:mod:`.tuning`); its ``config_for(cfg, dataset)`` is the
+  config the main table and the label-noise table then run with.
 * :func:`run_main_table`: loss x {raw, each calibrator} x seed with ``id_<metric>`` (clean
   test set) and ``shift_<metric>`` (averaged over every shift and severity), plus a per-shift
   table, reliability-diagram bins for the first seed and the single-pass detectors' AUROCs
@@ -39,6 +42,7 @@ import pandas as pd
 import torch
 
 from trustlab.calibration import lm as lmcal
+from trustlab.calibration import tuning
 from trustlab.calibration.calibrators import CALIBRATORS
 from trustlab.calibration.config import CalibrationConfig
 from trustlab.calibration.data import (
@@ -81,6 +85,7 @@ __all__ = [
     "evaluate_detectors",
     "run_main_table",
     "run_robustness",
+    "run_tuning",
     "run_soft_labels",
     "crowd_targets",
     "run_anyloss",
@@ -193,7 +198,7 @@ def train_one(
     model = build_model(x.shape[1], num_classes, hidden=cfg.hidden, depth=cfg.depth)
     loss = build_loss(loss_name, n_samples=len(y), **cfg.hparams_for(loss_name))
     return fit(model, loss, x, y, seed=seed, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size,
-               weight_decay=cfg.weight_decay, enable_progress_bar=cfg.enable_progress_bar)  # fmt: skip
+               weight_decay=cfg.weight_decay_for(loss_name), enable_progress_bar=cfg.enable_progress_bar)  # fmt: skip
 
 
 Calibrated = Callable[[torch.Tensor, object], torch.Tensor]
@@ -389,6 +394,58 @@ def run_main_table(cfg: CalibrationConfig, on_run: OnRun | None = None, dataset:
     return MainTables(pd.DataFrame(main), pd.DataFrame(per_shift), pd.DataFrame(bins), pd.DataFrame(detection))
 
 
+# -- equal-budget tuning on validation data --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TuneTask:
+    """One tuning trial: ``loss`` with its knob at ``value``, trained on ``seed``'s training split of ``dataset``."""
+
+    cfg: CalibrationConfig
+    dataset: str
+    loss: str
+    value: float
+    seed: int
+
+
+def _tuning_data_config(cfg: CalibrationConfig) -> CalibrationConfig:
+    """The split is all a trial needs: no shifted sets, no calibrator views."""
+    return cfg.replace(shifts=[], calibrators=[])
+
+
+def _tune_task(task: TuneTask) -> dict:
+    """Train one candidate and score the raw model on the validation split (runs in a worker).
+    Only the training and validation parts of the split are read: never the test part."""
+    settings = DATASETS.get(task.dataset).settings(task.cfg)
+    sp = _seed_data(_tuning_data_config(settings), task.seed, task.dataset).split
+    knob = tuning.knob_for(task.loss)
+    res = train_one(knob.apply(settings, task.loss, task.value), task.loss, task.seed, sp.x_train, sp.y_train,
+                    sp.num_classes)  # fmt: skip
+    m = evaluate(predict_logits(res.model, sp.x_val), sp.y_val, settings.n_bins)
+    return {"dataset": task.dataset, "loss": task.loss, "knob": knob.name, "value": task.value, "seed": task.seed,
+            "val_nll": m["nll"], "val_ece": m["ece"], "val_acc": m["acc"], "train_seconds": res.seconds}  # fmt: skip
+
+
+def run_tuning(cfg: CalibrationConfig, on_run: OnRun | None = None) -> tuning.TuningResult:
+    """Every trial of :func:`.tuning.plan` (all datasets in one pool of ``cfg.workers``
+    processes), then the choice per dataset and loss by :data:`.tuning.RULE`. An empty result
+    when ``cfg.tuning.enabled`` is false."""
+    _set_threads(cfg.threads)
+    plan = [TuneTask(cfg, ds, loss, value, seed) for ds, loss, value, seed in tuning.plan(cfg)]
+    rows = run_tasks(_tune_task, plan, workers=cfg.workers, desc="tuning")
+    if on_run is not None:
+        for task, row in zip(plan, rows):
+            on_run(f"{task.loss}:{row['knob']}={task.value:g}@{task.dataset}", task.seed,
+                   {k: row[k] for k in ("val_nll", "val_ece", "val_acc", "train_seconds")})  # fmt: skip
+    sweep = pd.DataFrame(rows, columns=["dataset", "loss", "knob", "value", "seed", "val_nll", "val_ece", "val_acc",
+                                        "train_seconds"])  # fmt: skip
+    untuned = {ds: {loss: tuning.knob_for(loss).default(DATASETS.get(ds).settings(cfg), loss)
+                    for loss in tuning.tuned_losses(cfg, ds)}
+               for ds in dict.fromkeys(t.dataset for t in plan)}  # fmt: skip
+    return tuning.TuningResult(sweep, tuning.choose(sweep), trials=cfg.tuning.trials if plan else 0,
+                               seeds=list(cfg.tuning.seeds) if plan else [], untuned=untuned)  # fmt: skip
+
+
 # -- robustness to label noise -------------------------------------------------------------------
 
 
@@ -571,7 +628,8 @@ class Results:
     """Every table of one run: ``main`` (:class:`MainTables`), ``robustness``, ``soft_labels``,
     ``anyloss`` (per-seed DataFrames), ``lm`` (None when the LM section is off), ``seconds``
     (wall time per part) and ``cpu_seconds`` (CPU time per part, workers included), both for
-    ``timing.json``, and ``waveforms`` (the main table on the waveform digits)."""
+    ``timing.json``, ``waveforms`` (the main table on the waveform digits) and ``tuning``
+    (:func:`run_tuning`)."""
 
     main: MainTables
     robustness: pd.DataFrame
@@ -581,3 +639,4 @@ class Results:
     seconds: dict[str, float] = field(default_factory=dict)
     cpu_seconds: dict[str, float] = field(default_factory=dict)
     waveforms: MainTables | None = None  # the main table on the second dataset (None: not run)
+    tuning: tuning.TuningResult | None = None  # the validation sweeps and the chosen values (None: not tuned)

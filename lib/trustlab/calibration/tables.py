@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from trustlab.calibration.run import TIMING_COLUMNS, MainTables
+from trustlab.calibration.tuning import TuningResult, summarize_sweep
 from trustlab.core.stats import mean_std
 
 __all__ = [
@@ -37,6 +38,8 @@ __all__ = [
     "severity_frame",
     "soft_label_table",
     "summarize",
+    "tuned_values_table",
+    "tuning_sweep_table",
     "without_timing",
 ]
 
@@ -224,10 +227,45 @@ def detection_table(detection: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
 
 
 def claims_frame(rows: Sequence[dict[str, Any]]) -> pd.DataFrame:
-    """The claims rows for display: claim, metric, effect with its 95% interval, test, p, seeds, verdict."""
-    cols = ["claim", "metric", "expected", "effect", "ci_low", "ci_high", "test", "p_value", "n", "verdict", "reason",
-            "note", "paper", "id"]  # fmt: skip
+    """The claims rows for display: claim, metric, effect with its 95% interval, test, p, seeds,
+    verdict, the minimum detectable effect against the paper's effect (power), reason and note
+    (how both sides were tuned)."""
+    cols = ["claim", "metric", "expected", "effect", "ci_low", "ci_high", "test", "p_value", "n", "verdict", "mde",
+            "paper_effect", "power", "reason", "note", "paper", "id"]  # fmt: skip
     return pd.DataFrame(list(rows), columns=cols)
+
+
+# -- tuning --------------------------------------------------------------------------------------
+
+
+def tuning_sweep_table(tuning: TuningResult | None) -> pd.DataFrame:
+    """The validation sweep, one row per dataset x loss x candidate (grid order): the knob, the
+    candidate value, validation NLL (the selection score), ECE and accuracy (means over the
+    tuning seeds, ``n`` of them) and ``chosen``."""
+    if tuning is None or tuning.sweep.empty:
+        return pd.DataFrame()
+    s = summarize_sweep(tuning.sweep).rename(columns={"value": "candidate"})
+    s["chosen"] = [tuning.chosen.get(ds, {}).get(loss) == v for ds, loss, v in zip(s["dataset"], s["loss"],
+                                                                                   s["candidate"])]  # fmt: skip
+    return s
+
+
+def tuned_values_table(tuning: TuningResult | None) -> pd.DataFrame:
+    """Per dataset and loss: the knob, its grid, the chosen value, the value it would have had
+    untuned (params.yaml), the validation NLL / ECE at the chosen value and ``at_grid_end``
+    (the choice is the smallest or largest value: the best value may lie outside the grid)."""
+    sweep = tuning_sweep_table(tuning)
+    if sweep.empty:
+        return pd.DataFrame()
+    rows = []
+    for (ds, loss), g in sweep.groupby(["dataset", "loss"], sort=False):
+        best = g[g["chosen"]].iloc[0]
+        rows.append({"dataset": ds, "loss": loss, "knob": best["knob"], "grid": [float(v) for v in g["candidate"]],
+                     "chosen": float(best["candidate"]), "untuned": tuning.untuned.get(ds, {}).get(loss, float("nan")),
+                     "val_nll": float(best["val_nll"]), "val_ece": float(best["val_ece"]),
+                     "at_grid_end": len(g) > 2 and best["candidate"] in (g["candidate"].min(),
+                                                                          g["candidate"].max())})  # fmt: skip
+    return pd.DataFrame(rows)
 
 
 # -- the language model --------------------------------------------------------------------------

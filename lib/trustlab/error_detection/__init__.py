@@ -14,6 +14,9 @@ computes the statistics with any model ``trustlab.lm.generation.generate`` accep
 pass with hidden states + K samples, answers, checker labels, pooling; stored under
 ``data/detection_stats/`` and reused while model files, prompts, sampling and code match);
 :mod:`.inject` makes AEGIS-style injected errors and scores them by teacher forcing.
+Step level: :mod:`.steps` collects scratchpad trajectories with per-step statistics and injected
+step errors, and :mod:`.correct` localises the first wrong step (the ``LOCALISERS`` registry:
+two no-cache baselines and the CORRECT-style schema cache, an adaptation).
 The stage itself: :mod:`.run` (models, prompts, detectors -> ``Results``; no plotting, no
 W&B), :mod:`.claims` (the claims as data, evaluated by ``trustlab.core.claims``), :mod:`.tables`,
 :mod:`.figures` and :mod:`.report` (headline, findings, outputs, W&B runs).

@@ -13,6 +13,11 @@ falling back to pooled when no task qualifies; ``pooled`` = one AUROC over all t
 row's note gives the other aggregate. "The best of a group" is chosen on the fit split's
 out-of-fold AUROC, never on test labels.
 
+The step-localisation claim (:data:`CORRECT_CLAIMS`, rows from :func:`correct_claim_rows`)
+compares exact-step accuracy, not AUROC: the CORRECT schema cache vs the better no-cache
+baseline on the fit split, paired over the natural test trajectories with a written first wrong
+step (same bootstrap resamples as :func:`tables.localisation_table`).
+
 Whether F1 at the base rate misleads (ReaLMistake) is not a method-beats-baseline question: it
 is the separate table :func:`trustlab.error_detection.tables.f1_base_rate_check`.
 Background: docs/methods/error_detection.md.
@@ -29,6 +34,7 @@ import numpy as np
 from trustlab.core.claims import ClaimSpec, check_specs, item_row, unevaluated_row
 from trustlab.error_detection import metrics as M
 from trustlab.error_detection.config import ErrorDetectionConfig
+from trustlab.error_detection.correct import METHOD, CorrectRun, stream_hits
 from trustlab.error_detection.run import (
     FAMILY,
     LOGIT,
@@ -73,13 +79,14 @@ CLAIMS: tuple[ClaimSpec, ...] = check_specs((
     ),
     ClaimSpec(
         id="spc_beats_msp",
-        claim="SPC-UQ's residual-consistency score beats MSP",
+        claim="SPC-UQ (split-point residual heads) beats MSP at the same single-pass cost",
         paper="Post-Hoc Split-Point Self-Consistency Verification (SPC-UQ)",
         metric="AUROC",
         method="spc_uq",
         baseline="msp",
         expected="increase", unit="items", range=(0.0, 1.0),
-        note="adaptation: top-1 vs rest at each answer token, a residual head on the stored statistics",
+        note="adaptation: top-1 vs rest at each answer token, linear residual heads on the stored statistics; "
+             "default score 1 - the SPC-adjusted confidence (uncertainty: discrepancy = the paper's score)",
     ),
     ClaimSpec(
         id="meta_ranking_beats_msp",
@@ -92,6 +99,25 @@ CLAIMS: tuple[ClaimSpec, ...] = check_specs((
         note="adaptation: the judge is a learned pairwise comparator over stored statistics, not an LM",
     ),
 ))  # fmt: skip
+CORRECT_CLAIMS: tuple[ClaimSpec, ...] = check_specs((
+    ClaimSpec(
+        id="schema_cache_localises_first_wrong_step",
+        claim="The schema cache localises the first wrong step better than the no-cache baselines",
+        paper="CORRECT (Yu et al. 2025, arXiv:2509.24088)",
+        metric="exact-step accuracy (natural errors)",
+        method="correct_schema_cache",
+        baseline="the better of first_low_prob and max_entropy on the fit split",
+        expected="increase", unit="items", range=(0.0, 1.0),
+        paper_effect=0.198,
+        paper_effect_source="abstract: step-level localisation up to 19.8% better than existing methods (the best "
+                            "of seven multi-agent applications), read as +0.198 exact-step accuracy",
+        note="adaptation: schemata are vectors of the model's token statistics retrieved by nearest neighbours, "
+             "not LLM-written summaries read by an LLM; the cache grows over the test stream, so the items are "
+             "not independent",
+    ),
+))  # fmt: skip
+check_specs(CLAIMS + CORRECT_CLAIMS)  # ids unique across the family
+
 # claims "<method> beats <baseline>" between two named detectors (CLAIMS ids -> the two registry names)
 PAIRWISE = {"spc_beats_msp": ("spc_uq", "msp"), "meta_ranking_beats_msp": ("meta_ranking", "msp")}
 
@@ -181,3 +207,30 @@ def claim_rows(
         rows.append(row(spec_id, a - c, ab - cb, f"{method}@{span} {a:.3f} ({alt(m)}) - {baseline}@{span} {c:.3f} "
                                                  f"({alt(b)}){cost}"))  # fmt: skip
     return rows
+
+
+def correct_claim_rows(cfg: ErrorDetectionConfig, run: CorrectRun | None) -> list[dict[str, Any]]:
+    """One claims-engine row per spec in :data:`CORRECT_CLAIMS`: the schema cache's exact-step
+    accuracy minus the fit-chosen baseline's, paired over the natural test trajectories with a
+    written first wrong step (percentile bootstrap over them)."""
+    spec = CORRECT_CLAIMS[0]
+    if run is None:
+        return [unevaluated_row(FAMILY, spec, "error_detection.correct.enabled is false")]
+    n = int(run.stream("natural").localisable.sum())
+    method = stream_hits(run, METHOD, "natural")
+    if method is None:
+        why = run.status.get(METHOD, f"{METHOD} is not among error_detection.correct.localisers")
+        return [unevaluated_row(FAMILY, spec, f"{METHOD}: {why}", n)]
+    if run.baseline is None:
+        return [unevaluated_row(FAMILY, spec, "neither first_low_prob nor max_entropy ran (not configured, or "
+                                              "not applicable on the fit split)", n)]  # fmt: skip
+    base = stream_hits(run, run.baseline, "natural")
+    if n == 0:
+        return [unevaluated_row(FAMILY, spec, "no natural test trajectory has a written wrong step", 0)]
+    diff = method[0] - base[0]
+    reps = diff[M.resample_indices(n, cfg.bootstrap_resamples, cfg.seed)].mean(1)
+    fit_acc = {k: run.localisers[k].fit_accuracy_ for k in run.localisers}
+    note = (f"{METHOD} {method[0].mean():.3f} - {run.baseline} {base[0].mean():.3f} exact-step accuracy over {n} "
+            f"natural test trajectories with a written first wrong step; baseline chosen on the fit split "
+            f"({', '.join(f'{k} {fit_acc[k]:.3f}' for k in ('first_low_prob', 'max_entropy') if k in fit_acc)})")
+    return [item_row(FAMILY, spec, float(diff.mean()), reps, n, note=note)]

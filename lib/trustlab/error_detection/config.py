@@ -14,7 +14,7 @@ from trustlab.core.config import ConfigError, Section
 from trustlab.data.tasks import CHECKED_TASKS, task_splits
 from trustlab.error_detection.statistics import SPANS
 
-__all__ = ["ErrorDetectionConfig", "DEFAULT_TASKS", "DEFAULT_SOURCES"]
+__all__ = ["ErrorDetectionConfig", "CorrectConfig", "DEFAULT_TASKS", "DEFAULT_SOURCES", "DEFAULT_LOCALISERS"]
 
 # prompts per task (0 = skip the task); one task per ReaLMistake error category
 DEFAULT_TASKS = {"arithmetic": 400, "world_qa": 400, "instructions": 300, "context_copy": 300}
@@ -45,6 +45,64 @@ def _check_detector(name: str, params: dict[str, Any], where: str) -> None:
     except ConfigError as exc:
         msg = str(exc)
         raise ConfigError(msg if msg.startswith(where) else f"{where}: {msg}") from None
+
+
+# step localisers (trustlab.error_detection.correct.LOCALISERS): the two no-cache baselines, the position
+# prior as a reference and the CORRECT schema cache
+DEFAULT_LOCALISERS = ["first_low_prob", "max_entropy", "position_prior", "correct_schema_cache"]
+
+
+@dataclass(frozen=True)
+class CorrectConfig(Section):
+    """``error_detection.correct``: step-level error localisation on the scratchpad task (CORRECT,
+    an adaptation; trustlab.error_detection.correct)."""
+
+    SECTION = "error_detection.correct"
+    enabled: bool = True
+    fit_split: str = "train"  # scratchpad split of the fit part (cache + thresholds)
+    test_split: str = "test"  # scratchpad split of the test part (the stream the cache grows over)
+    n_fit: int = 300
+    n_test: int = 300
+    n_injected: int = 300  # injected step errors, drawn from the test part (0: none)
+    max_new_tokens: int = 40  # the longest scratchpad answer (3-digit operands) is 34 tokens with <eos>
+    localisers: list[str] = field(default_factory=lambda: list(DEFAULT_LOCALISERS))
+    # the schema cache's defaults, spelled out so they are reported
+    localiser_params: dict[str, dict[str, Any]] = field(
+        default_factory=lambda: {"correct_schema_cache": {"k": 5, "prefix_weight": 0.0, "column_weight": 0.0}})
+    growth_checkpoints: list[int] = field(default_factory=lambda: [0, 25, 50, 100, 150, 200])
+
+    def validate(self) -> None:
+        from trustlab.error_detection.correct import LOCALISERS, build_localiser
+
+        splits = task_splits("scratchpad")
+        self.check_choice("fit_split", splits)
+        self.check_choice("test_split", splits)
+        self.check_range("n_fit", 1, None)
+        self.check_range("n_test", 1, None)
+        self.check_range("n_injected", 0, self.n_test)
+        self.check_range("max_new_tokens", 1, None)
+        self.check_subset("localisers", LOCALISERS.names())
+        if len(set(self.localisers)) != len(self.localisers):
+            self.fail("localisers", "distinct localiser names")
+        for name, params in self.localiser_params.items():
+            where = f"{self._path()}.localiser_params.{name}"
+            try:
+                LOCALISERS.check(name, params, where=where)
+                build_localiser(name, **dict(params))
+            except ConfigError as exc:
+                msg = str(exc)
+                raise ConfigError(msg if msg.startswith(where) else f"{where}: {msg}") from None
+            except (ValueError, TypeError) as exc:
+                raise ConfigError(f"{where}: {exc}") from None
+        points = list(self.growth_checkpoints)
+        if any(not 0 <= c < self.n_test for c in points):
+            self.fail("growth_checkpoints", f"counts c with 0 <= c < n_test = {self.n_test} (each checkpoint must "
+                                            "leave test trajectories to localise)")
+        if any(b <= a for a, b in zip(points, points[1:])):
+            self.fail("growth_checkpoints", "strictly increasing counts of test trajectories added to the cache")
+
+    def localiser_kwargs(self, name: str) -> dict[str, Any]:
+        return dict(self.localiser_params.get(name, {}))
 
 
 @dataclass(frozen=True)
@@ -87,6 +145,8 @@ class ErrorDetectionConfig(Section):
     # responses) or pooled over all test rows
     claims_aggregate: str = "task_mean"
     claims_min_per_class: int = 5
+    # step-level error localisation on the scratchpad task (CORRECT, adaptation)
+    correct: CorrectConfig = field(default_factory=CorrectConfig)
 
     def validate(self) -> None:
         from trustlab.error_detection.estimators import build_estimator

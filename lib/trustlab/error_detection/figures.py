@@ -188,5 +188,26 @@ def plot_cost(cost, span: str):
     return fig
 
 
+def plot_cache_growth(growth):
+    """Exact-step accuracy on the rest of the natural test stream vs test trajectories already
+    diagnosed into the cache: the schema cache (solid) beside the localisers without a cache
+    (dashed), each on the same remaining trajectories."""
+    if growth is None or not len(growth) or "exact" not in growth:
+        return None
+    fig, ax = plt.subplots(figsize=(6.5, 3.4))
+    for name, t in growth.groupby("localiser", sort=False):
+        t = t.sort_values("added")
+        online = bool(t.online.iloc[0])
+        ax.plot(t.added, t.exact, marker="o", ms=3, ls="-" if online else "--", lw=2 if online else 1,
+                label=t.label.iloc[0])  # fmt: skip
+    ax.set_xlabel("test trajectories already added to the cache")
+    ax.set_ylabel("exact-step accuracy (rest of stream)")
+    ax.set_ylim(0, 1.02)
+    ax.legend(fontsize=7)
+    ax.set_title("schema cache growth (natural errors)", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
 # -- narrative ------------------------------------------------------------------------------------
 

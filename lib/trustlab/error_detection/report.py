@@ -2,7 +2,8 @@
 :class:`~trustlab.reporting.outputs.StageOutputs` for ``write_outputs`` and the W&B runs.
 
 ``metrics.json`` keeps the stage's layout: ``headline``, ``claims`` (claims-engine rows),
-``tables`` (detectors, by_task (per task and macro-averaged: the headline view), within_task, error_rates, per_layer, injected, models, claims),
+``tables`` (detectors, by_task (per task and macro-averaged: the headline view), within_task, error_rates, per_layer, injected, models, claims,
+and the step-localisation tables localisation and cache_growth when ``error_detection.correct`` ran),
 ``stats`` (one summary per model), ``injected_counts``, ``notes``, ``config``, plus the
 separate ``f1_base_rate_check`` table (:func:`tables.f1_base_rate_check`). Wall times (the cost
 table in seconds per 1000 responses, generation and detector times) go to ``timing.json``.
@@ -20,6 +21,7 @@ import pandas as pd
 from trustlab.core.paths import portable
 from trustlab.core.claims import count_verdicts
 from trustlab.error_detection.config import ErrorDetectionConfig
+from trustlab.error_detection.correct import CorrectRun
 from trustlab.error_detection.run import FAMILY, ModelRun, Results
 from trustlab.error_detection.tables import (
     F1_READINGS,
@@ -44,6 +46,8 @@ TABLE_REASONS = {
     "injected": "no injected errors: no correct test response to corrupt, or no detector ran",
     "models": "no detector ran on the primary span",
     "claims": "no claims",
+    "localisation": "error_detection.correct.enabled is false",
+    "cache_growth": "error_detection.correct.enabled is false, or no growth checkpoints",
 }
 # plot data only (not in metrics.json)
 CURVE_REASONS = {
@@ -131,6 +135,23 @@ def headline(
     return h
 
 
+def correct_headline(localisation: pd.DataFrame | None, run: CorrectRun | None = None) -> dict[str, Any]:
+    """Step-localisation numbers: each localiser's exact and within-one accuracy on natural and
+    injected errors (``correct/<localiser>/<stream>_<metric>``) and the fit-chosen baseline."""
+    h: dict[str, Any] = {}
+    if localisation is None or not len(localisation) or "natural_exact" not in localisation:
+        return h
+    for _, r in localisation.iterrows():
+        for key in ("natural_exact", "natural_within_one", "injected_exact", "injected_within_one"):
+            if _f(r[key]) is not None:
+                h[f"correct/{r.localiser}/{key}"] = _f(r[key])
+    if run is not None:
+        h["correct/baseline"] = run.baseline
+        h["correct/n_natural"] = int(localisation.natural_n.max())
+        h["correct/n_injected"] = int(localisation.injected_n.max())
+    return h
+
+
 def timing(cfg: ErrorDetectionConfig, results: Results, cost: pd.DataFrame | None) -> dict[str, Any]:
     """Wall times for ``timing.json``: each detector's seconds per 1000 responses on the primary
     span, the base model's generation seconds, the cost table and each model's timings."""
@@ -145,6 +166,8 @@ def timing(cfg: ErrorDetectionConfig, results: Results, cost: pd.DataFrame | Non
     out["models"] = {r.name: dict(r.timing) for r in results.runs}
     if results.usage:  # stage wall and CPU seconds: cores kept busy = cpu_s / wall_s
         out["usage"] = dict(results.usage)
+    if results.correct is not None:  # step localisation: generation, injection, each localiser's fit and streams
+        out["correct"] = dict(results.correct.timing)
     return out
 
 
@@ -165,10 +188,11 @@ def stage_outputs(
                          f"{sorted([*TABLE_REASONS, *CURVE_REASONS, *TIMING_TABLES])}")  # fmt: skip
     kept = {name: or_reason(tables[name], why) for name, why in TABLE_REASONS.items() if name in tables}
     curves = {name: or_reason(tables[name], why) for name, why in CURVE_REASONS.items() if name in tables}
+    head = headline(cfg, base, tables["detectors"], claims, tables.get("injected"), tables.get("models"), f1_check)
+    head.update(correct_headline(tables.get("localisation"), results.correct))
     return StageOutputs(
         stage=FAMILY,
-        headline=headline(cfg, base, tables["detectors"], claims, tables.get("injected"), tables.get("models"),
-                          f1_check),  # fmt: skip
+        headline=head,
         tables={"f1_base_rate_check": f1_check},
         claims=list(claims),
         plots={**kept, **curves, "f1_base_rate_check": f1_check},
@@ -185,7 +209,8 @@ def stage_outputs(
                 for r in results.runs
             },
             "injected_counts": base.injected.counts if base.injected else None,
-            "notes": dict(notes or {}),
+            "notes": {**dict(notes or {}),
+                      **({"correct_counts": results.correct.counts} if results.correct is not None else {})},
             "config": cfg.to_dict(),
         },
         timing=timing(cfg, results, tables.get("cost")),
@@ -211,6 +236,7 @@ def findings(
     injected: pd.DataFrame | None = None,
     models: pd.DataFrame | None = None,
     f1_check: pd.DataFrame | None = None,
+    localisation: pd.DataFrame | None = None,
 ) -> str:
     """Markdown bullets generated from the results (no hand-written numbers)."""
     span = cfg.spans[0]
@@ -285,6 +311,7 @@ def findings(
                 f"- Injected errors: mean AUROC over non-sampling detectors {t.injected_auroc.mean():.3f} vs "
                 f"{t.natural_auroc.mean():.3f} on natural errors (difference {gap:+.3f})."
             )
+    lines += _localisation_lines(localisation)
     if models is not None and len(models) and models.model.nunique() > 1:
         ok = models[models.status == "ok"]
         means = ok.groupby("model", sort=False).agg(auroc=("auroc", "mean"), error_rate=("error_rate", "first"))
@@ -294,6 +321,25 @@ def findings(
             + "."
         )
     return "\n".join(lines)
+
+
+def _localisation_lines(t: pd.DataFrame | None) -> list[str]:
+    """The step-localisation bullets: every localiser's exact-step accuracy on natural and injected errors."""
+    if t is None or not len(t) or "natural_exact" not in t:
+        return []
+    ok = t[t.status == "ok"]
+    if not len(ok):
+        return [f"- Step localisation: no localiser ran ({t.status.iloc[0]})."]
+
+    def acc(r, which):
+        v = r[f"{which}_exact"]
+        return "n/a" if not np.isfinite(v) else f"{v:.3f} [{r[f'{which}_exact_lo']:.3f}, {r[f'{which}_exact_hi']:.3f}]"
+
+    n_nat, n_inj = int(ok.natural_n.max()), int(ok.injected_n.max())
+    return [
+        f"- Step localisation, exact-step accuracy on {n_nat} natural / {n_inj} injected first wrong steps: "
+        + "; ".join(f"{r.label} {acc(r, 'natural')} / {acc(r, 'injected')}" for _, r in ok.iterrows()) + "."
+    ]
 
 
 # -- Weights & Biases -------------------------------------------------------------------------------
@@ -312,8 +358,8 @@ def log_runs(
     """One W&B run per model (group ``error_detection``, job type ``detect``, named
     ``<model>-seed<seed>``): its detector table, error rates, ROC/PR and rejection curves
     (images) and summary numbers. Then the family's summary run (job type ``summary``): the
-    claims, detector, cost, per-layer, injected, model-comparison and F1 base-rate tables, every
-    figure of the stage, the headline numbers and the HTML summary."""
+    claims, detector, cost, per-layer, injected, model-comparison, F1 base-rate and
+    step-localisation tables, every figure of the stage, the headline numbers and the HTML summary."""
     import matplotlib.pyplot as plt
 
     from trustlab.error_detection.figures import plot_rejection, plot_roc_pr
@@ -340,7 +386,8 @@ def log_runs(
     config = {**cfg.to_dict(), "profile": profile, "models": {r.name: r.path for r in results.runs}}
     with start_run(FAMILY, "summary", f"{FAMILY}-summary", config, tags=["summary"]) as wb:
         wb.log_table("claims", claims_frame(claims))
-        for name in ("detectors", "cost", "per_layer", "injected", "models", "f1_base_rate_check"):
+        for name in ("detectors", "cost", "per_layer", "injected", "models", "f1_base_rate_check", "localisation",
+                     "cache_growth"):
             df = tables.get(name)
             if df is not None and len(df):
                 wb.log_table(name, df)

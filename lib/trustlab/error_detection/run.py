@@ -11,7 +11,10 @@ listed in ``error_detection.models``):
    (:func:`run_detectors`: fitted detectors fit on the fit split only; fit-split scores for
    thresholds are out-of-fold), times the generation each detector needs and, for the base
    model, scores AEGIS-style injected errors (:mod:`.inject`).
-3. :class:`Results` holds the runs; :mod:`.tables`, :mod:`.claims` and :mod:`.report` read it.
+3. :func:`run_correct` (when ``error_detection.correct.enabled``): step-level error localisation
+   on the scratchpad task, the CORRECT schema cache against its baselines (:mod:`.steps`,
+   :mod:`.correct`).
+4. :class:`Results` holds the runs; :mod:`.tables`, :mod:`.claims` and :mod:`.report` read it.
 
 Choosing "the best" detector of a group always uses the *fit* split's out-of-fold AUROC, never
 the test labels (:func:`best_of`). No plotting and no W&B here.
@@ -34,6 +37,7 @@ from trustlab.core.parallel import run_tasks
 from trustlab.error_detection import metrics as M
 from trustlab.error_detection.collect import DECODING_DEFAULTS, load_or_collect, select_prompts, split_prompts
 from trustlab.error_detection.config import ErrorDetectionConfig
+from trustlab.error_detection.correct import CorrectRun
 from trustlab.error_detection.estimators import Estimator, build_estimator, out_of_fold_scores
 from trustlab.error_detection.statistics import GenerationStats
 
@@ -446,7 +450,7 @@ def run_model(
     model_dir = Path(path) if path and Path(path).is_dir() else None
     stats, reused = load_or_collect(Path(stats_dir) / name, model, tokenizer, prompts.records, prompts.split,
                                     reuse=reuse, model_dir=model_dir, model_name=name, progress=say,
-                                    **decoding_kwargs(cfg))  # fmt: skip
+                                    workers=cfg.workers, **decoding_kwargs(cfg))  # fmt: skip
     timing = dict(stats.meta["timing"])
     timing["greedy_plain_s"] = time_plain_greedy(cfg, model, tokenizer, prompts)
     say(f"{name}: statistics {'reused' if reused else 'computed'}; error rate {stats.labels().mean():.3f}")
@@ -460,6 +464,50 @@ def run_model(
     return run
 
 
+# -- step-level localisation (CORRECT, adaptation) ------------------------------------------------------
+
+
+def run_correct(
+    cfg: ErrorDetectionConfig,
+    model: Any,
+    tokenizer: Any,
+    data_dir: str | Path | None,
+    *,
+    progress: Callable[[str], None] | None = None,
+) -> CorrectRun | None:
+    """Step-level error localisation on the scratchpad task (``error_detection.correct``; None
+    when disabled): the model's greedy trajectories on the fit and test prompts, AEGIS-style
+    injected step errors on the test prompts (teacher-forced), every configured localiser fitted
+    on the fit split and run over the test streams. Cheap enough (a few seconds at the defaults)
+    to compute in the stage rather than store."""
+    from trustlab.error_detection import steps as S
+    from trustlab.error_detection.correct import evaluate_localisers
+
+    c = cfg.correct
+    if not c.enabled:
+        return None
+    say = progress or (lambda m: None)
+    gen = resolve_data_dir(data_dir) / "generated"
+    t0 = time.perf_counter()
+    records, split = S.draw_records(gen, c.fit_split, c.test_split, c.n_fit, c.n_test, cfg.seed)
+    natural = S.collect_trajectories(model, tokenizer, records, split, max_new_tokens=c.max_new_tokens,
+                                     batch_size=cfg.batch_size)  # fmt: skip
+    generation_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    injected = None
+    if c.n_injected:
+        injections = S.make_step_injections(natural, {str(r["id"]): r for r in records}, c.n_injected, cfg.seed)
+        injected = S.score_injections(model, tokenizer, injections, batch_size=cfg.batch_size) if injections else None
+    injection_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    out = evaluate_localisers(natural, injected, c.localisers, c.localiser_params, c.growth_checkpoints)
+    out.timing.update(generation_s=generation_s, injection_s=injection_s, localisers_s=time.perf_counter() - t0,
+                      n_natural_test=int((natural.split == "test").sum()),
+                      n_injected=injected.n if injected is not None else 0)  # fmt: skip
+    say(f"correct: {natural.n} trajectories in {generation_s:.1f} s, injected in {injection_s:.1f} s, "
+        f"localisers in {out.timing['localisers_s']:.1f} s")
+    return out
+
 
 @dataclass
 class Results:
@@ -469,6 +517,7 @@ class Results:
     runs: list[ModelRun]
     model_dirs: dict[str, Path | str] = field(default_factory=dict)
     usage: dict[str, float] = field(default_factory=dict)  # stage wall and CPU seconds (timing.json)
+    correct: CorrectRun | None = None  # step-level localisation (error_detection.correct)
 
     @property
     def base(self) -> ModelRun:

@@ -17,6 +17,7 @@ import pandas as pd
 
 from trustlab.error_detection import metrics as M
 from trustlab.error_detection.config import ErrorDetectionConfig
+from trustlab.error_detection.correct import CorrectRun
 from trustlab.error_detection.estimators import per_layer_auroc
 from trustlab.error_detection.run import (
     SAMPLING,
@@ -373,6 +374,91 @@ def model_table(cfg: ErrorDetectionConfig, runs: Sequence[ModelRun], span: str |
                             row[f"{metric}_minus_{ref.name}_hi"] = hi
             rows.append(row)
     return pd.DataFrame(rows)
+
+
+# -- step-level localisation (CORRECT, adaptation) ----------------------------------------------------
+
+
+def localisation_table(cfg: ErrorDetectionConfig, run: CorrectRun | None):
+    """Per localiser: exact-step and within-one-step accuracy on the natural and on the injected
+    test trajectories that have a written wrong step, with percentile bootstrap CIs over those
+    trajectories (the same resamples for every localiser, so intervals are paired), the fit-split
+    exact accuracy that chose the baseline, the fitted threshold and the cost without wall
+    time: model passes (one greedy pass, or one teacher-forced pass for injected errors, shared by
+    every localiser) and the cached vectors each step is compared with. Wall times: timing.json."""
+    from trustlab.error_detection.correct import LOCALISERS, stream_hits
+
+    if run is None:
+        return pd.DataFrame()
+    rows = []
+    for name, status in run.status.items():
+        loc = run.localisers.get(name)
+        cls = LOCALISERS.get(name)
+        row = {"localiser": name, "label": cls.label, "status": status, "online": cls.online,
+               "chosen_baseline": name == run.baseline,
+               "fit_exact": loc.fit_accuracy_ if loc is not None else float("nan"),
+               "threshold": float(loc.tau_) if loc is not None and np.isfinite(loc.tau_) else float("nan")}  # fmt: skip
+        for which in ("natural", "injected"):
+            h = stream_hits(run, name, which)
+            row[f"{which}_n"] = len(h[0]) if h is not None else 0
+            for metric, values in zip(("exact", "within_one"), h if h is not None else (None, None)):
+                key = f"{which}_{metric}"
+                if values is None or not len(values):
+                    row[key] = row[f"{key}_lo"] = row[f"{key}_hi"] = float("nan")
+                    continue
+                boot = values[M.resample_indices(len(values), cfg.bootstrap_resamples, cfg.seed)].mean(1)
+                row[key] = float(values.mean())
+                row[f"{key}_lo"], row[f"{key}_hi"] = M.percentile_ci(boot, cfg.ci_level)
+        row["model_passes"] = 1
+        row["cache_schemata_fit"] = loc.cache_size if loc is not None else 0
+        row["cached_vectors_per_step_fit"] = loc.cache_entries if loc is not None else 0
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def localisation_display(table, digits: int = 3):
+    """The localisation table with ``value [lo, hi]`` strings, for reading."""
+    if not len(table) or "natural_exact" not in table:
+        return table
+
+    def ci(r, k):
+        if not np.isfinite(r[k]):
+            return "n/a"
+        return f"{r[k]:.{digits}f} [{r[k + '_lo']:.{digits}f}, {r[k + '_hi']:.{digits}f}]"
+
+    return pd.DataFrame([{
+        "localiser": r.label + (" (baseline for the claim)" if r.chosen_baseline else ""),
+        "fit exact": round(r.fit_exact, digits) if np.isfinite(r.fit_exact) else "n/a",
+        f"natural exact (n = {r.natural_n})": ci(r, "natural_exact"),
+        "natural within 1": ci(r, "natural_within_one"),
+        f"injected exact (n = {r.injected_n})": ci(r, "injected_exact"),
+        "injected within 1": ci(r, "injected_within_one"),
+        "cached vectors per step": r.cached_vectors_per_step_fit,
+        "status": r.status,
+    } for _, r in table.iterrows()])  # fmt: skip
+
+
+def localisation_seconds(run: CorrectRun | None):
+    """Wall seconds per 1000 natural test trajectories of each localiser (its fit amortised over
+    them, the online cache's updates included), beside the greedy pass they all share. For the
+    notebook; the raw timings go to timing.json."""
+    if run is None:
+        return pd.DataFrame()
+    n = max(int(run.timing.get("n_natural_test", 0)), 1)
+    per_1k = 1000.0 / n
+    rows = [{"localiser": name, "fit_and_localise_s_per_1k": (run.timing.get(f"{name}/fit_s", 0.0)
+                                                              + run.timing.get(f"{name}/natural_s", 0.0)) * per_1k}
+            for name in run.status]  # fmt: skip
+    rows.append({"localiser": "(greedy pass, shared)",
+                 "fit_and_localise_s_per_1k": run.timing.get("generation_s", 0.0) * 1000.0 / max(run.natural.n, 1)})
+    return pd.DataFrame(rows)
+
+
+def cache_growth_table(run: CorrectRun | None):
+    """Exact and within-one accuracy on the rest of the natural test stream after the first c
+    test trajectories were diagnosed into the cache (frozen from there), per checkpoint c, for
+    every localiser (those without a cache do not change with c except through the items left)."""
+    return pd.DataFrame(run.growth) if run is not None else pd.DataFrame()
 
 
 # -- outputs --------------------------------------------------------------------------------------

@@ -130,7 +130,8 @@ def test_stage_outputs_keep_wall_times_out_of_metrics(tables, tmp_path):
     res = _results(out)
     rows = C.claim_rows(res)
     metrics = write_outputs(tmp_path, R.stage_outputs(res, rows, {"seeds": [0, 1]}), profile="smoke")
-    assert list(metrics)[:6] == ["headline", "claims", "tables", "lm", "config", "run"]
+    assert list(metrics)[:7] == ["headline", "claims", "tables", "lm", "tuning", "config", "run"]
+    assert metrics["tuning"] is None  # these results were not tuned
     text = (tmp_path / "metrics.json").read_text() + (tmp_path / "headline.json").read_text()
     assert "seconds" not in text
     for csv in (tmp_path / "plots").glob("*.csv"):
