@@ -47,7 +47,7 @@ class BaseModelConfig(Section):
     mix: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_MIX))
     code_max_chars: int = 200000  # characters of code-corpus text used when mix.code > 0
     # optimisation
-    steps: int = 1350
+    steps: int = 1500
     batch_size: int = 32
     lr: float = 0.003
     warmup_steps: int = 100
