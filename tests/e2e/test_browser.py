@@ -184,7 +184,7 @@ def pages(tmp_path_factory):
 
 N_SYNTHETIC_CLAIMS = 4  # the calibration rows of `pages`
 CLAIM_HEADERS = ["Family", "Claim", "Source paper", "Metric", "Unit", "n", "Effect [95% CI]", "Test", "p", "MDE",
-                 "Paper effect", "Power", "Verdict"]  # fmt: skip
+                 "Paper effect", "Power", "Verdict", "Base-model seed"]  # fmt: skip
 
 
 def test_the_checks_can_fail(browser, tmp_path):
