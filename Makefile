@@ -44,7 +44,7 @@ repro: setup
 	$(BIN)/dvc repro
 
 test: setup browser-deps
-	$(BIN)/python -m pytest -q -n 2
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not e2e and not browser"

@@ -86,3 +86,16 @@ def executed_report(smoke_data_dir, tmp_path_factory):
         return done[name]
 
     return run
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under ``pytest -n 2 --dist loadgroup`` (``make test``), the tests that share an expensive
+    session-cached execution run in one worker, so that it happens once rather than once per
+    worker: every test of notebook ``name``'s smoke report, and every user of ``smoke_reports``."""
+    for item in items:
+        fixtures = getattr(item, "fixturenames", ())
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if "executed_report" in fixtures and "name" in params:
+            item.add_marker(pytest.mark.xdist_group(f"notebook-{params['name']}"))
+        elif "pages" in fixtures or item.module.__name__.endswith("test_offline"):
+            item.add_marker(pytest.mark.xdist_group("smoke-reports"))
