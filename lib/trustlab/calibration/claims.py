@@ -115,7 +115,7 @@ def _spc_comparison(metric: str, what: str, note: str, dataset: str = "digits") 
     on = "" if dataset == "digits" else f" on {dataset}"
     spec = ClaimSpec(
         id=f"spc_vs_msp_{metric}" + ("" if dataset == "digits" else f"_{dataset}"),
-        claim=f"SPC's split-point residual heads {what} better than MSP at the same single-pass cost{on}",
+        claim=f"SPC (split-point residual heads) {what} better than MSP at the same single-pass cost{on}",
         paper=PAPERS["spc"], metric=metric, method="spc", baseline="msp", expected="increase", range=SHARE, note=note,
     )  # fmt: skip
     table = "detection" if dataset == "digits" else f"{dataset}_detection"
