@@ -12,7 +12,7 @@ export DVC_NO_ANALYTICS := 1
 export WANDB_ERROR_REPORTING := false
 export PYTHONPATH := $(CURDIR)/lib
 
-.PHONY: setup repro test test-fast browser-deps bench replicate lab front-page plots plots-diff plots-template \
+.PHONY: setup repro test test-fast browser-deps bench bench-base-model replicate lab front-page plots plots-diff plots-template \
 	wandb-sync wandb-report lock params-check clean-venv help
 
 # The browser test (tests/e2e/test_browser.py) drives Debian's headless Chromium.
@@ -22,6 +22,7 @@ help:
 	@echo "make repro       set up .venv and run the whole pipeline (dvc repro)"
 	@echo "make test        set up .venv and run the whole test suite"
 	@echo "make bench       benchmark the tiny GPT (training, generation, attention paths)"
+	@echo "make bench-base-model  base-model training: 1 thread vs 2 threads vs 2 DDP processes"
 	@echo "make replicate   rerun everything with base_model.seed 1 and mark fragile verdicts (as long as repro)"
 	@echo "make lab         start JupyterLab with the project kernel and Jupytext"
 	@echo "make front-page  (re)render reports/index.html from whatever reports exist"
@@ -44,7 +45,7 @@ repro: setup
 	$(BIN)/dvc repro
 
 test: setup browser-deps
-	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
+	$(BIN)/python -m pytest -q -n 2 --dist worksteal
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not e2e and not browser"
@@ -69,6 +70,11 @@ browser-deps:
 
 bench: setup
 	$(BIN)/python pipelines/bench.py
+
+# 1 thread vs 2 threads vs 2 DDP processes for the base model's training (needs data/generated)
+bench-base-model: setup
+	$(BIN)/dvc repro data
+	$(BIN)/python pipelines/bench_base_model.py --out reports/bench/base_model.json
 
 # The whole pipeline again with base_model.seed 1 in a clone of HEAD: marks fragile verdicts
 replicate: setup

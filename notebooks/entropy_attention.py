@@ -233,8 +233,8 @@ display(Markdown(report.findings(results, claims, overhead)))
 
 # %% [markdown]
 # **Scale.** These are tiny models trained for the token budget printed above, not GPT-2 on
-# 2.1B CodeParrot tokens: each run is trained until its validation perplexity flattens (see the
-# flatness table), but the model and the data are small. With few seeds the interval is wide,
+# 2.1B CodeParrot tokens, and their validation perplexity is still falling when training stops
+# (see the flatness table): the effects are those of a short, fixed training budget. With few seeds the interval is wide,
 # so *inconclusive* means the effect could not be separated from seed noise; a *not supported*
 # verdict at this scale does not refute the paper.
 

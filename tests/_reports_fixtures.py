@@ -141,52 +141,52 @@ class SmokeReports:
     runner_stdout: str
 
 
-_CACHE: dict[str, SmokeReports] = {}
+def once_per_run(tmp_path_factory, key: str, build):
+    """``(folder, record)``: ``build(folder) -> dict`` (JSON) runs once for the whole test run,
+    in whichever xdist worker asks first; the others wait on a file lock and reuse the folder and
+    the record. (Grouping the tests of one execution onto one worker does not hold with every
+    pytest and xdist version; a lock does.) A build that raises leaves nothing: the next caller
+    builds again."""
+    import json
+    import shutil
+
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "shared"
+    root.mkdir(exist_ok=True)
+    folder, record = root / key, root / f"{key}.json"
+    with FileLock(str(root / f"{key}.lock")):
+        if not record.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            record.write_text(json.dumps(build(folder)))
+    return folder, json.loads(record.read_text())
 
 
 def smoke_reports(tmp_path_factory) -> SmokeReports:
     """Generate smoke data and execute the ``SMOKE_FAMILY`` notebook through the runner, with
     W&B offline into a temporary directory and progress bars left to the runner (it turns them
-    off). Cached for the session: the browser and offline-W&B tests share one execution."""
-    if "smoke" in _CACHE:
-        return _CACHE["smoke"]
-    base = tmp_path_factory.mktemp("smoke_reports")
-    data, reports, wandb_root = base / "data", base / "reports", base / "wandb_root"
-    wandb_root.mkdir()
-    env = {k: v for k, v in os.environ.items() if k not in ("TRUSTLAB_PROGRESS",)}
-    env.update(TRUSTLAB_WANDB_MODE="offline", WANDB_MODE="offline", WANDB_DIR=str(wandb_root), TRUSTLAB_ROOT=str(ROOT))
-    gen = subprocess.run(
-        [sys.executable, "pipelines/generate_data.py", "--profile", "smoke", "--out", str(data / "generated")],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert gen.returncode == 0, gen.stderr[-3000:]
-    run = subprocess.run(
-        [
-            sys.executable,
-            "pipelines/run_notebook.py",
-            SMOKE_FAMILY,
-            "--profile",
-            "smoke",
-            "--reports-dir",
-            str(reports / SMOKE_FAMILY),
-            "--data-dir",
-            str(data),
-            "--timeout",
-            "600",
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert run.returncode == 0, run.stderr[-4000:]
-    _CACHE["smoke"] = SmokeReports(reports, data, wandb_root, run.stdout)
-    return _CACHE["smoke"]
+    off). Once per test run: the browser and offline-W&B tests share one execution."""
+
+    def build(base: Path) -> dict:
+        data, reports, wandb_root = base / "data", base / "reports", base / "wandb_root"
+        wandb_root.mkdir()
+        env = {k: v for k, v in os.environ.items() if k not in ("TRUSTLAB_PROGRESS",)}
+        env.update(TRUSTLAB_WANDB_MODE="offline", WANDB_MODE="offline", WANDB_DIR=str(wandb_root),
+                   TRUSTLAB_ROOT=str(ROOT))  # fmt: skip
+        gen = subprocess.run([sys.executable, "pipelines/generate_data.py", "--profile", "smoke", "--out",
+                              str(data / "generated")], cwd=ROOT, env=env, capture_output=True, text=True,
+                             timeout=600)  # fmt: skip
+        assert gen.returncode == 0, gen.stderr[-3000:]
+        run = subprocess.run([sys.executable, "pipelines/run_notebook.py", SMOKE_FAMILY, "--profile", "smoke",
+                              "--reports-dir", str(reports / SMOKE_FAMILY), "--data-dir", str(data), "--timeout", "600"],
+                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)  # fmt: skip
+        assert run.returncode == 0, run.stderr[-4000:]
+        return {"stdout": run.stdout}
+
+    base, record = once_per_run(tmp_path_factory, "smoke_reports", build)
+    return SmokeReports(base / "reports", base / "data", base / "wandb_root", record["stdout"])
 
 
 TEMPLATE = ROOT / ".dvc" / "plots" / "offline.html"

@@ -13,6 +13,8 @@ sys.path.insert(0, str(ROOT / "lib"))
 sys.path.insert(0, str(ROOT / "tests"))  # the shared _reports_fixtures helper
 sys.path.insert(0, str(ROOT / "tests" / "e2e"))  # e2e_helpers
 
+from _reports_fixtures import once_per_run  # noqa: E402
+
 os.environ["TRUSTLAB_WANDB_MODE"] = "disabled"
 os.environ["WANDB_MODE"] = "disabled"
 os.environ["WANDB_ERROR_REPORTING"] = "false"
@@ -57,45 +59,35 @@ def _run(args: list[str]) -> None:
 @pytest.fixture(scope="session")
 def smoke_data_dir(tmp_path_factory) -> Path:
     """A data directory built like the pipeline builds data/, under the smoke profile:
-    generated data in ``generated/`` and the pretrained base model in ``models/base``."""
-    data = tmp_path_factory.mktemp("smoke") / "data"
-    _run(["pipelines/generate_data.py", "--profile", "smoke", "--out", str(data / "generated")])
-    _run(["pipelines/pretrain_base.py", "--profile", "smoke", "--data-dir", str(data), "--out", str(data / "models" / "base"),
-          "--reports-dir", str(data.parent / "reports" / "base_model")])
-    return data
+    generated data in ``generated/`` and the pretrained base model in ``models/base``
+    (built once per test run, shared by the xdist workers)."""
+
+    def build(folder: Path) -> dict:
+        data = folder / "data"
+        _run(["pipelines/generate_data.py", "--profile", "smoke", "--out", str(data / "generated")])
+        _run(["pipelines/pretrain_base.py", "--profile", "smoke", "--data-dir", str(data), "--out",
+              str(data / "models" / "base"), "--reports-dir", str(folder / "reports" / "base_model")])  # fmt: skip
+        return {}
+
+    folder, _ = once_per_run(tmp_path_factory, "smoke_data", build)
+    return folder / "data"
 
 
 @pytest.fixture(scope="session")
 def executed_report(smoke_data_dir, tmp_path_factory):
     """``executed_report(name) -> (reports_dir, process)``: the runner executes notebook
-    ``name`` under the smoke profile on ``smoke_data_dir``, once per session; the end-to-end
-    and browser tests share the result."""
+    ``name`` under the smoke profile on ``smoke_data_dir``, once per test run; the end-to-end
+    and browser tests share the result, in whichever xdist worker they run."""
     import subprocess
 
-    done: dict[str, tuple[Path, subprocess.CompletedProcess]] = {}
-
     def run(name: str):
-        if name not in done:
-            reports = tmp_path_factory.mktemp(f"report_{name}") / name
-            proc = subprocess.run(
-                [sys.executable, str(ROOT / "pipelines" / "run_notebook.py"), name, "--profile", "smoke",
-                 "--reports-dir", str(reports), "--data-dir", str(smoke_data_dir), "--timeout", "600"],
-                capture_output=True, text=True, cwd=ROOT, timeout=900,
-            )  # fmt: skip
-            done[name] = (reports, proc)
-        return done[name]
+        def build(folder: Path) -> dict:
+            cmd = [sys.executable, str(ROOT / "pipelines" / "run_notebook.py"), name, "--profile", "smoke",
+                   "--reports-dir", str(folder / name), "--data-dir", str(smoke_data_dir), "--timeout", "600"]  # fmt: skip
+            proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=900)
+            return {"args": cmd, "returncode": proc.returncode, "stdout": proc.stdout, "stderr": proc.stderr}
+
+        folder, rec = once_per_run(tmp_path_factory, f"report_{name}", build)
+        return folder / name, subprocess.CompletedProcess(rec["args"], rec["returncode"], rec["stdout"], rec["stderr"])
 
     return run
-
-
-def pytest_collection_modifyitems(config, items):
-    """Under ``pytest -n 2 --dist loadgroup`` (``make test``), the tests that share an expensive
-    session-cached execution run in one worker, so that it happens once rather than once per
-    worker: every test of notebook ``name``'s smoke report, and every user of ``smoke_reports``."""
-    for item in items:
-        fixtures = getattr(item, "fixturenames", ())
-        params = getattr(getattr(item, "callspec", None), "params", {})
-        if "executed_report" in fixtures and "name" in params:
-            item.add_marker(pytest.mark.xdist_group(f"notebook-{params['name']}"))
-        elif "pages" in fixtures or item.module.__name__.endswith("test_offline"):
-            item.add_marker(pytest.mark.xdist_group("smoke-reports"))

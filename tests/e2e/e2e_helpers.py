@@ -32,6 +32,15 @@ def make_repo_copy(tmp_path: Path, profile: str = "smoke") -> tuple[Path, dict]:
     params = yaml.safe_load((dst / "params.yaml").read_text())
     params["profile"] = profile
     (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = repo_env(dst)
+    sh(["git", "init", "-q", "-b", "main"], dst, env)
+    sh(["git", "add", "-A"], dst, env)
+    sh(["git", "commit", "-qm", "copy"], dst, env)
+    return dst, env
+
+
+def repo_env(dst: Path) -> dict:
+    """The environment of commands run in the repository copy ``dst``."""
     bin_dir = Path(sys.executable).parent
     env = {
         **os.environ,
@@ -43,9 +52,6 @@ def make_repo_copy(tmp_path: Path, profile: str = "smoke") -> tuple[Path, dict]:
     }
     env.pop("TRUSTLAB_ROOT")
     env.pop("TRUSTLAB_PROFILE", None)
-    sh(["git", "init", "-q", "-b", "main"], dst, env)
-    sh(["git", "add", "-A"], dst, env)
-    sh(["git", "commit", "-qm", "copy"], dst, env)
-    return dst, env
+    return env
 
 

@@ -41,7 +41,7 @@ BLOCKED = ["http://*", "https://*", "ws://*", "wss://*", "ftp://*"]
 LOCAL_SCHEMES = ("file:", "data:", "blob:", "about:", "chrome:", "chrome-untrusted:", "devtools:")  # browser-internal pages
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def browser(tmp_path_factory):
     missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not os.access(p, os.X_OK)]
     if missing:
@@ -139,7 +139,7 @@ def assert_clean(page: dict, shot: Path, min_images: int = 1) -> None:
 # -- the pages -----------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def pages(tmp_path_factory):
     """A reports/ tree: the smoke family report executed by the runner, a synthetic calibration
     report, the others missing; and the front page rendered over it."""

@@ -4,6 +4,7 @@ tracking settings are not results, and a killed stage fails loudly and leaves no
 from __future__ import annotations
 
 import hashlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,7 +13,8 @@ import time
 import psutil
 import pytest
 import yaml
-from e2e_helpers import sh
+from _reports_fixtures import once_per_run
+from e2e_helpers import make_repo_copy, repo_env, sh
 
 pytestmark = pytest.mark.e2e
 
@@ -33,10 +35,19 @@ def _edit_params(repo, edit):
 
 
 @pytest.fixture
-def repro_data_report(repo_copy):
-    repo, env = repo_copy
-    sh([sys.executable, "-m", "dvc", "repro", "data_report"], repo, env, timeout=600)
-    return repo, env
+def repro_data_report(tmp_path_factory, tmp_path):
+    """A repository copy in which ``dvc repro data_report`` has run: built once per test run,
+    then copied for each test (outputs, DVC cache and git history included)."""
+
+    def build(folder):
+        repo, env = make_repo_copy(folder)
+        sh([sys.executable, "-m", "dvc", "repro", "data_report"], repo, env, timeout=600)
+        return {}
+
+    folder, _ = once_per_run(tmp_path_factory, "repro_data_report", build)
+    repo = tmp_path / "repo"
+    shutil.copytree(folder / "repo", repo, symlinks=True)
+    return repo, repo_env(repo)
 
 
 BAD_PARAMS = {

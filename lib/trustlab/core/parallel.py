@@ -6,9 +6,15 @@ module-level function over them::
     results = run_tasks(train_one, plan, workers=cfg.workers, desc="fine-tuning")
 
 - ``workers=1`` runs the tasks in this process, one after another.
-- ``workers>1`` runs them in a pool of fresh worker processes (``spawn``: no inherited
-  torch or OpenMP thread state), each with one torch thread, so ``workers`` processes
-  use ``workers`` cores without oversubscription.
+- ``workers>1`` runs them in a pool of worker processes (``spawn``: no inherited torch or
+  OpenMP thread state), each with one torch thread, so ``workers`` processes use ``workers``
+  cores without oversubscription.
+- The pool outlives one call: a stage maps several plans (calibration: tuning, main table,
+  label noise, ...) and a fresh worker spends seconds importing torch and Lightning, so the
+  next call with the same ``workers`` reuses the warm processes. A pool whose code has gone
+  stale (a file of the package edited in a live notebook), or whose settings differ, is
+  replaced; a failed or interrupted map kills its workers at once, and the pool is shut down
+  when the process exits (or by :func:`shutdown_pool`).
 - Results come back in plan order whatever order the tasks finish in, and every task seeds
   itself, so the stage's outputs are identical for any ``workers`` (a test checks this).
 - Progress shows as tasks finish (a widget in a live notebook, silent in executed reports).
@@ -16,14 +22,21 @@ module-level function over them::
 
 from __future__ import annotations
 
+import atexit
 import os
+import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 from trustlab.core.progress import progress
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+_PACKAGE = Path(__file__).resolve().parents[1]
+# environment the workers inherit at spawn time and the tasks read (tracking mode, progress, ...)
+_INHERITED_PREFIXES = ("TRUSTLAB_", "WANDB_", "OMP_", "MKL_", "PYTHONPATH")
 
 
 def resolve_workers(workers: int | None) -> int:
@@ -47,6 +60,79 @@ def _init_worker(threads: int) -> None:
         pass
 
 
+def code_fingerprint(extra: Sequence[str | os.PathLike] = ()) -> tuple:
+    """(path, mtime, size) of every source file of the package (and of ``extra`` files): a
+    worker that imported older code than this must not run the next plan."""
+    entries = []
+    for root, dirs, files in os.walk(_PACKAGE):
+        dirs[:] = [d for d in dirs if d != "__pycache__"]
+        for name in files:
+            if name.endswith(".py"):
+                st = os.stat(os.path.join(root, name))
+                entries.append((os.path.join(root, name), st.st_mtime_ns, st.st_size))
+    for path in extra:
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        entries.append((str(path), st.st_mtime_ns, st.st_size))
+    return tuple(sorted(entries))
+
+
+def _pool_key(n: int, threads: int, fn: Callable) -> tuple:
+    module_file = getattr(sys.modules.get(getattr(fn, "__module__", ""), None), "__file__", None)
+    env = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith(_INHERITED_PREFIXES)))
+    return n, threads, env, code_fingerprint([module_file] if module_file else [])
+
+
+class _SharedPool:
+    """The process's one warm worker pool and the key it was started with."""
+
+    def __init__(self) -> None:
+        self.key: tuple | None = None
+        self.executor = None
+
+    def get(self, key: tuple):
+        if self.executor is not None and self.key == key:
+            return self.executor
+        self.shutdown()
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        n, threads = key[0], key[1]
+        self.executor = ProcessPoolExecutor(max_workers=n, mp_context=mp.get_context("spawn"),
+                                            initializer=_init_worker, initargs=(threads,))  # fmt: skip
+        self.key = key
+        return self.executor
+
+    def shutdown(self) -> None:
+        if self.executor is not None:
+            self.executor.shutdown(wait=True, cancel_futures=True)
+        self.executor, self.key = None, None
+
+    def kill(self) -> None:
+        """Stop now: pending tasks are cancelled and running ones are not waited for."""
+        executor, self.executor, self.key = self.executor, None, None
+        if executor is None:
+            return
+        processes = list((getattr(executor, "_processes", None) or {}).values())
+        executor.shutdown(wait=False, cancel_futures=True)
+        for proc in processes:
+            if proc.is_alive():
+                proc.kill()
+        for proc in processes:
+            proc.join(timeout=5)
+
+
+_POOL = _SharedPool()
+atexit.register(_POOL.shutdown)
+
+
+def shutdown_pool() -> None:
+    """Stop the warm worker processes (a live notebook keeps them between cells otherwise)."""
+    _POOL.shutdown()
+
+
 def run_tasks(
     fn: Callable[[T], R],
     tasks: Sequence[T],
@@ -57,21 +143,18 @@ def run_tasks(
 ) -> list[R]:
     """``[fn(t) for t in tasks]``, spread over ``workers`` processes, in plan order."""
     tasks = list(tasks)
-    n = min(resolve_workers(workers), max(1, len(tasks)))
-    if n == 1:
+    n = resolve_workers(workers)
+    if min(n, len(tasks)) <= 1:
         return [fn(t) for t in progress(tasks, desc=desc, total=len(tasks))]
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures import as_completed
 
+    pool = _POOL.get(_pool_key(n, threads_per_worker, fn))
     results: list[Any] = [None] * len(tasks)
-    with ProcessPoolExecutor(max_workers=n, mp_context=mp.get_context("spawn"), initializer=_init_worker,
-                             initargs=(threads_per_worker,)) as pool:  # fmt: skip
+    try:
         futures = {pool.submit(fn, t): i for i, t in enumerate(tasks)}
-        try:
-            for fut in progress(as_completed(futures), desc=desc, total=len(tasks)):
-                results[futures[fut]] = fut.result()
-        except BaseException:
-            for fut in futures:
-                fut.cancel()
-            raise
+        for fut in progress(as_completed(futures), desc=desc, total=len(tasks)):
+            results[futures[fut]] = fut.result()
+    except BaseException:
+        _POOL.kill()
+        raise
     return results

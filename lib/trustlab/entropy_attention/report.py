@@ -22,6 +22,9 @@ from trustlab.entropy_attention.run import OnRun, RunInfo, realised_overhead
 from trustlab.reporting.outputs import StageOutputs
 from trustlab.tracking import run_name, start_run
 
+# |relative change of validation perplexity over the last 20% of steps| below which a curve is flat
+FLAT_TOLERANCE = 0.01
+
 
 # -- numbers ------------------------------------------------------------------------------------
 def headline(results: Results, claims: list[dict[str, Any]]) -> dict[str, Any]:
@@ -104,6 +107,9 @@ def findings(results: Results, claims: list[dict[str, Any]], overhead: Mapping[s
         worst = flat.loc[flat.worst_rel_change.idxmin()]
         out.append(f"Validation perplexity over the last 20% of the steps changed by {flat.iloc[:, 2].mean():+.1%} on "
                    f"average over variants (worst run: {worst.worst_rel_change:+.1%}, {worst.variant}).")
+        if worst.worst_rel_change < -FLAT_TOLERANCE:
+            out.append(f"The curves have not flattened (a change beyond {FLAT_TOLERANCE:.0%}): the effects below are "
+                       "those of this training budget and can change with longer training.")
     elif len(flat):
         out.append("Too few validation-curve points to measure flatness (raise steps or lower log_every).")
     lam = tables.lam_sweep_table(results)

@@ -46,3 +46,34 @@ def test_resolve_workers():
     assert resolve_workers(1) == 1
     with pytest.raises(ValueError, match="workers"):
         resolve_workers(-1)
+
+
+def _pid(task):
+    return os.getpid()
+
+
+def test_the_pool_stays_warm_across_plans_and_is_replaced_when_the_code_changes(tmp_path, monkeypatch):
+    from trustlab.core import parallel
+
+    first = set(run_tasks(_pid, range(6), workers=2))
+    second = set(run_tasks(_pid, range(6), workers=2))
+    assert first == second, "the second plan reuses the warm workers"
+
+    # a package file edited in a live session: the next plan gets fresh workers
+    real = parallel.code_fingerprint
+    monkeypatch.setattr(parallel, "code_fingerprint", lambda extra=(): (*real(extra), ("edited", 1, 1)))
+    third = set(run_tasks(_pid, range(6), workers=2))
+    assert not third & second
+    parallel.shutdown_pool()
+
+
+def test_a_failed_plan_kills_its_workers_and_the_next_plan_starts_fresh():
+    from trustlab.core import parallel
+
+    before = set(run_tasks(_pid, range(4), workers=2))
+    with pytest.raises(ValueError, match="task 2 failed"):
+        run_tasks(_boom, [1, 2, 3], workers=2)
+    assert parallel._POOL.executor is None
+    after = set(run_tasks(_pid, range(4), workers=2))
+    assert not before & after
+    parallel.shutdown_pool()
