@@ -50,7 +50,10 @@ print(f"trained {h['steps']} steps x batch {metrics['config']['batch_size']}"
          f"whole stage {pretraining['stage_seconds']} s" if pretraining else ""))
 if "train_share_of_peak" in pretraining:
     print(f"training used {pretraining['train_share_of_peak']:.1%} of the measured matmul peak at "
-          f"{pretraining['train_threads']} thread(s); the stage used {pretraining['cores']} cores on average")
+          f"{pretraining['train_threads']} thread(s)"
+          + (f" ({pretraining['train_share_of_1thread_peak']:.1%} of one thread's peak)"
+             if pretraining.get("train_threads", 1) > 1 and "train_share_of_1thread_peak" in pretraining else "")
+          + f"; the stage used {pretraining['cores']} cores on average")
 if metrics.get("config") != cfg.to_dict():
     display(Markdown("**Note:** the saved model was trained with other `base_model` params than the current ones; "
                      "run `dvc repro base_model` (or `pipelines/pretrain_base.py`) to rebuild it."))

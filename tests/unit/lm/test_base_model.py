@@ -305,6 +305,7 @@ def test_model_directory_holds_no_wall_time_and_reruns_identically(gen_dir, tmp_
     assert timing["stage_seconds"] > 0 and timing["tokens_per_s"] > 0 and "cpu_count" in timing["machine"]
     assert timing["cpu_seconds"] > 0 and timing["cores"] > 0 and timing["train_threads"] == 1
     assert 0 < timing["train_share_of_peak"] < 1 and timing["matmul_peak_flops"] > 0
+    assert timing["train_share_of_1thread_peak"] > 0 and timing["matmul_peak_flops_1thread"] > 0
     assert runs[0].timing == timing
 
 

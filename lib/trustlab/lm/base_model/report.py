@@ -114,7 +114,7 @@ def stage_outputs(
     }
     # utilisation and the training share of the matmul peak (newer timing.json files only)
     for key in ("cpu_seconds", "cores", "train_threads", "train_flops_per_token", "matmul_peak_flops",
-                "train_share_of_peak"):  # fmt: skip
+                "train_share_of_peak", "matmul_peak_flops_1thread", "train_share_of_1thread_peak"):  # fmt: skip
         if key in pretraining:
             timing[f"pretraining_{key}"] = pretraining[key]
     if "machine" in pretraining:

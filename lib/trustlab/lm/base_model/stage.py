@@ -46,9 +46,12 @@ def cpu_seconds() -> float:
 def stage_timing(result: PretrainResult, stage_seconds: float, cpu: float, threads: int) -> dict[str, Any]:
     """How long the stage took and on what (``timing.json``): wall and CPU time (``cores`` =
     CPU / wall, the utilisation), training throughput, and the training share of the machine's
-    matmul peak at the training thread count (``trustlab.lm.flops``)."""
+    matmul peak at the training thread count and of the one-thread peak (``trustlab.lm.flops``;
+    with several threads the first says how well they scale, the second what the cores deliver
+    against one thread's best)."""
     flops = training_flops_per_token(result.model.config.to_dict())
     peak = matmul_peak(threads)
+    peak_1 = peak if threads == 1 else matmul_peak(1)
     return {
         "stage_seconds": round(stage_seconds, 1),
         "cpu_seconds": round(cpu, 1),
@@ -59,6 +62,8 @@ def stage_timing(result: PretrainResult, stage_seconds: float, cpu: float, threa
         "train_flops_per_token": flops,
         "matmul_peak_flops": round(peak),
         "train_share_of_peak": round(flops * result.tokens_per_s / peak, 4),
+        "matmul_peak_flops_1thread": round(peak_1),
+        "train_share_of_1thread_peak": round(flops * result.tokens_per_s / peak_1, 4),
         "machine": machine(),
     }
 
