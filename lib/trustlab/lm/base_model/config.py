@@ -32,7 +32,7 @@ class BaseModelConfig(Section):
     SECTION = "base_model"
 
     seed: int = 0
-    threads: int | None = 1  # torch intra-op threads (None: all cores, capped at 8)
+    threads: int | None = 2  # torch intra-op threads (None: all cores, capped at 8); 2 is fastest here (bench_base_model)
     # architecture (trustlab.lm.gpt.GPTConfig)
     n_layer: int = 4
     n_head: int = 4
