@@ -105,8 +105,7 @@ def main(argv=None) -> dict:
     peak1 = matmul_peak(1)
     for w in ways.values():
         w["speedup_vs_1_thread"] = w["tokens_per_s"] / base
-        w["share_of_1_thread_peak_per_core"] = w["flops_per_token"] * w["tokens_per_s"] / (peak1 * 2 if (
-            w["threads"] * w["processes"] == 2) else peak1)  # fmt: skip
+        w["share_of_1thread_peak"] = w["flops_per_token"] * w["tokens_per_s"] / peak1  # as the stage's timing.json
     print(f"base model, {args.steps} steps, best of {args.repeats}; 1-thread matmul peak {peak1 / 1e9:.1f} GFLOP/s")
     for name, w in ways.items():
         print(f"  {name:<16} {w['tokens_per_s']:>9,.0f} tokens/s  {w['speedup_vs_1_thread']:.2f}x  "
