@@ -57,7 +57,7 @@ def test_the_pool_stays_warm_across_plans_and_is_replaced_when_the_code_changes(
 
     first = set(run_tasks(_pid, range(6), workers=2))
     second = set(run_tasks(_pid, range(6), workers=2))
-    assert first == second, "the second plan reuses the warm workers"
+    assert second <= first, "the second plan reuses the warm workers (a fast plan may not reach both)"
 
     # a package file edited in a live session: the next plan gets fresh workers
     real = parallel.code_fingerprint
