@@ -20,9 +20,10 @@ run per (loss, seed) without this module knowing about W&B. The tables land in o
 * :func:`run_lm`: the base language model's answer-level calibration (:mod:`.lm`).
 
 Every trained model is one :class:`ModelTask`; ``cfg.workers`` processes run the tasks of a
-table (:func:`trustlab.core.parallel.run_tasks`), each seeding itself, and the rows come back in
+table (:func:`trustlab.core.parallel.iter_tasks`), each seeding itself, and the rows come back in
 plan order, so the tables do not depend on the number of workers. ``on_run`` is called in this
-process, in plan order, once a table's tasks are done. :class:`PartClock` measures each part's
+process, in plan order, as each task's result arrives (its W&B run is written while the workers
+train the next models). :class:`PartClock` measures each part's
 wall and CPU seconds (worker processes included).
 
 Per-seed rows carry ``train_seconds`` / ``eval_seconds`` (:data:`TIMING_COLUMNS`): the
@@ -63,7 +64,7 @@ from trustlab.calibration.losses import build_loss
 from trustlab.calibration.metrics import METRIC_NAMES, binary_metrics, calibration_bins, evaluate
 from trustlab.calibration.models import build_model
 from trustlab.calibration.module import FitResult, fit, predict_logits, predict_logits_features
-from trustlab.core.parallel import run_tasks
+from trustlab.core.parallel import iter_tasks
 from trustlab.core.registry import Registry
 from trustlab.core.seeding import seed_everything, set_threads
 
@@ -382,7 +383,7 @@ def run_main_table(cfg: CalibrationConfig, on_run: OnRun | None = None, dataset:
     _set_threads(cfg.threads)
     plan = [ModelTask(cfg, seed, loss, with_bins=seed == cfg.seeds[0], dataset=dataset)
             for seed in cfg.seeds for loss in cfg.losses]  # fmt: skip
-    outs = run_tasks(_main_task, plan, workers=cfg.workers, desc=f"main table ({dataset})")
+    outs = iter_tasks(_main_task, plan, workers=cfg.workers, desc=f"main table ({dataset})")
     main, per_shift, bins, detection = [], [], [], []
     for task, out in zip(plan, outs):  # plan order: the same tables for any number of workers
         main += out["main"]
@@ -432,9 +433,10 @@ def run_tuning(cfg: CalibrationConfig, on_run: OnRun | None = None) -> tuning.Tu
     when ``cfg.tuning.enabled`` is false."""
     _set_threads(cfg.threads)
     plan = [TuneTask(cfg, ds, loss, value, seed) for ds, loss, value, seed in tuning.plan(cfg)]
-    rows = run_tasks(_tune_task, plan, workers=cfg.workers, desc="tuning")
-    if on_run is not None:
-        for task, row in zip(plan, rows):
+    rows = []
+    for task, row in zip(plan, iter_tasks(_tune_task, plan, workers=cfg.workers, desc="tuning")):
+        rows.append(row)
+        if on_run is not None:
             on_run(f"{task.loss}:{row['knob']}={task.value:g}@{task.dataset}", task.seed,
                    {k: row[k] for k in ("val_nll", "val_ece", "val_acc", "train_seconds")})  # fmt: skip
     sweep = pd.DataFrame(rows, columns=["dataset", "loss", "knob", "value", "seed", "val_nll", "val_ece", "val_acc",
@@ -474,7 +476,7 @@ def run_robustness(cfg: CalibrationConfig, on_run: OnRun | None = None) -> pd.Da
     _set_threads(cfg.threads)
     plan = [ModelTask(cfg, seed, loss, noise=kind, rate=rate) for seed in cfg.seeds for kind in cfg.noise.kinds
             for rate in cfg.noise.rates for loss in cfg.noise.losses]  # fmt: skip
-    outs = run_tasks(_robustness_task, plan, workers=cfg.workers, desc="label noise")
+    outs = iter_tasks(_robustness_task, plan, workers=cfg.workers, desc="label noise")
     rows = []
     for task, out in zip(plan, outs):
         rows += out["rows"]
@@ -540,7 +542,7 @@ def run_soft_labels(cfg: CalibrationConfig, on_run: OnRun | None = None) -> pd.D
     hard_sources = ("gold", "majority")  # integer labels -> ce; every other source is a soft label -> soft_kl
     plan = [ModelTask(cfg, seed, "ce" if v in hard_sources else "soft_kl", labels=v)
             for seed in cfg.seeds for v in cfg.annotators.variants]  # fmt: skip
-    outs = run_tasks(_soft_task, plan, workers=cfg.workers, desc="soft labels")
+    outs = iter_tasks(_soft_task, plan, workers=cfg.workers, desc="soft labels")
     rows = []
     for task, out in zip(plan, outs):
         rows += out["rows"]
@@ -569,9 +571,10 @@ def run_anyloss(cfg: CalibrationConfig, on_run: OnRun | None = None) -> pd.DataF
     seed, test acc / f1 / bacc / gmean / precision / recall / nll / ece / brier."""
     _set_threads(cfg.threads)
     plan = [ModelTask(cfg, seed, loss) for seed in cfg.seeds for loss in cfg.anyloss.losses]
-    out = run_tasks(_anyloss_task, plan, workers=cfg.workers, desc="AnyLoss")
-    if on_run is not None:
-        for task, row in zip(plan, out):
+    out = []
+    for task, row in zip(plan, iter_tasks(_anyloss_task, plan, workers=cfg.workers, desc="AnyLoss")):
+        out.append(row)
+        if on_run is not None:
             on_run(task.loss, task.seed, {k: v for k, v in row.items() if k not in ("loss", "seed")})
     return pd.DataFrame(out)
 

@@ -18,6 +18,22 @@ module-level function over them::
 - Results come back in plan order whatever order the tasks finish in, and every task seeds
   itself, so the stage's outputs are identical for any ``workers`` (a test checks this).
 - Progress shows as tasks finish (a widget in a live notebook, silent in executed reports).
+
+Two refinements keep both cores busy where a stage has work of its own between maps:
+
+- :func:`iter_tasks` yields the results in plan order as they arrive, so what the parent does
+  per result (logging a W&B run, a progress line) overlaps with the tasks still running instead
+  of following the whole map.
+- :func:`submit_tasks` hands a plan to the pool and returns at once; its
+  :meth:`TaskBatch.results` waits later. A stage whose second plan depends on the first's
+  results (a tuned value) submits the runs that do not depend on it alongside the tuning runs,
+  so no core idles while the choice is made::
+
+      tuning = submit_tasks(train, tuning_plan, workers=w)
+      free = submit_tasks(train, untuned_plan, workers=w)       # runs while tuning finishes
+      chosen = choose(tuning.results())
+      tuned = submit_tasks(train, plan_at(chosen), workers=w)   # queued behind the free runs
+      runs = free.results() + tuned.results()
 """
 
 from __future__ import annotations
@@ -25,9 +41,9 @@ from __future__ import annotations
 import atexit
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Generic, TypeVar
 
 from trustlab.core.progress import progress
 
@@ -133,6 +149,86 @@ def shutdown_pool() -> None:
     _POOL.shutdown()
 
 
+class TaskBatch(Generic[R]):
+    """A plan handed to the workers: :meth:`results` (or iterating) gives ``fn(task)`` for each
+    task, in plan order. With one worker nothing runs before the results are asked for, and
+    then in this process, one task after another."""
+
+    def __init__(self, fn: Callable[[T], R], tasks: Sequence[T], n: int, threads_per_worker: int) -> None:
+        self.fn, self.tasks = fn, list(tasks)
+        self._done: list[R] = []
+        self._futures = None
+        if min(n, len(self.tasks)) > 1:
+            pool = _POOL.get(_pool_key(n, threads_per_worker, fn))
+            try:
+                self._futures = [pool.submit(fn, t) for t in self.tasks]
+            except BaseException:
+                _POOL.kill()
+                raise
+
+    def __len__(self) -> int:
+        return len(self.tasks)
+
+    def _next(self, i: int) -> R:
+        if self._futures is None:
+            return self.fn(self.tasks[i])
+        try:
+            return self._futures[i].result()
+        except BaseException:
+            # a failed task or an interrupt: stop every worker now (the pool restarts next time)
+            _POOL.kill()
+            raise
+
+    def iter_results(self, desc: str | None = None) -> Iterator[R]:
+        """The results in plan order, each as soon as it and those before it are done. Leaving
+        the loop early stops the workers."""
+        def ordered() -> Iterator[R]:
+            for i in range(len(self.tasks)):
+                if i == len(self._done):
+                    self._done.append(self._next(i))
+                yield self._done[i]
+
+        gen = ordered()
+        try:
+            yield from progress(gen, desc=desc, total=len(self.tasks))
+        except GeneratorExit:
+            if len(self._done) < len(self.tasks) and self._futures is not None:
+                _POOL.kill()
+            raise
+
+    def __iter__(self) -> Iterator[R]:
+        return self.iter_results()
+
+    def results(self, desc: str | None = None) -> list[R]:
+        """Every result, in plan order (waits for the plan to finish)."""
+        return list(self.iter_results(desc))
+
+
+def submit_tasks(
+    fn: Callable[[T], R],
+    tasks: Sequence[T],
+    *,
+    workers: int | None = 1,
+    threads_per_worker: int = 1,
+) -> TaskBatch[R]:
+    """Hand ``tasks`` to ``workers`` processes now; gather with :meth:`TaskBatch.results`.
+    Plans submitted one after another share the warm pool and run in submission order."""
+    return TaskBatch(fn, tasks, resolve_workers(workers), threads_per_worker)
+
+
+def iter_tasks(
+    fn: Callable[[T], R],
+    tasks: Sequence[T],
+    *,
+    workers: int | None = 1,
+    desc: str | None = None,
+    threads_per_worker: int = 1,
+) -> Iterator[R]:
+    """``(fn(t) for t in tasks)`` over ``workers`` processes: plan order, each result as soon as
+    it and those before it are done."""
+    return submit_tasks(fn, tasks, workers=workers, threads_per_worker=threads_per_worker).iter_results(desc)
+
+
 def run_tasks(
     fn: Callable[[T], R],
     tasks: Sequence[T],
@@ -142,19 +238,4 @@ def run_tasks(
     threads_per_worker: int = 1,
 ) -> list[R]:
     """``[fn(t) for t in tasks]``, spread over ``workers`` processes, in plan order."""
-    tasks = list(tasks)
-    n = resolve_workers(workers)
-    if min(n, len(tasks)) <= 1:
-        return [fn(t) for t in progress(tasks, desc=desc, total=len(tasks))]
-    from concurrent.futures import as_completed
-
-    pool = _POOL.get(_pool_key(n, threads_per_worker, fn))
-    results: list[Any] = [None] * len(tasks)
-    try:
-        futures = {pool.submit(fn, t): i for i, t in enumerate(tasks)}
-        for fut in progress(as_completed(futures), desc=desc, total=len(tasks)):
-            results[futures[fut]] = fut.result()
-    except BaseException:
-        _POOL.kill()
-        raise
-    return results
+    return submit_tasks(fn, tasks, workers=workers, threads_per_worker=threads_per_worker).results(desc)

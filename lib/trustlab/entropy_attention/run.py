@@ -19,9 +19,9 @@ Protocol
 * **Entropy**: measured with the loss on a fixed probe batch (the first ``probe_windows``
   tuning windows) at step 0 and every ``log_every`` steps (eval mode, no gradient), and at the
   end on every tuning and test window together with their validation loss.
-* **Workers**: the runs of each phase are independent tasks for
-  :func:`trustlab.core.parallel.run_tasks`; each worker loads the corpus once and every run
-  seeds itself, so the results do not depend on ``workers``.
+* **Workers**: every run is an independent task for :func:`trustlab.core.parallel.submit_tasks`
+  (the variants without the regularizer start with the lambda sweep); each worker loads the
+  corpus once and every run seeds itself, so the results do not depend on ``workers``.
 
 Experiment tracking is not done here: :func:`train_run` reports to an optional ``on_run`` hook
 (see :class:`RunHook`; the W&B one is ``report.wandb_run_hook``), so this module runs with
@@ -46,7 +46,7 @@ import torch
 from trustlab.core.io import read_json, read_jsonl
 from trustlab.core.paths import data_dir as default_data_dir
 from trustlab.core.paths import portable
-from trustlab.core.parallel import resolve_workers, run_tasks
+from trustlab.core.parallel import TaskBatch, resolve_workers, submit_tasks
 from trustlab.core.seeding import seed_everything
 from trustlab.entropy_attention.config import EntropyAttentionConfig
 from trustlab.entropy_attention.entropy import attention_entropy
@@ -380,28 +380,39 @@ def _cpu_seconds() -> float:
 
 def run_stage(cfg: EntropyAttentionConfig, corpus: Corpus, *, on_run: OnRun | None = None) -> Results:
     """The lambda sweep on the tuning seeds, then every (variant, seed) with the chosen lambda,
-    then the gamma sweep (reusing runs at ``cfg.gamma``). Each phase runs its independent runs
-    on ``cfg.workers`` processes; ``on_run`` must be picklable when ``workers`` > 1."""
+    then the gamma sweep (reusing runs at ``cfg.gamma``), on ``cfg.workers`` processes;
+    ``on_run`` must be picklable when ``workers`` > 1.
+
+    The variants without the regularizer do not depend on the chosen lambda: they go to the
+    workers together with the sweep, and only the regularised runs and the gamma sweep wait
+    for the choice, so no core idles between the phases. Every run seeds itself, so the
+    results are those of the phases run one after another."""
     t0, cpu0 = time.perf_counter(), _cpu_seconds()
     workers = resolve_workers(cfg.workers)
     _CORPORA[_corpus_key(cfg, corpus.data_dir)] = corpus  # the serial path reuses the loaded corpus
 
-    def phase(plan: list[RunTask], desc: str) -> list[RunResult]:
-        return run_tasks(train_task, plan, workers=workers, desc=desc)
+    def submit(plan: list[RunTask]) -> TaskBatch[RunResult]:
+        return submit_tasks(train_task, plan, workers=workers)
 
     def task(variant: str, seed: int, **kw: Any) -> RunTask:
         return RunTask(cfg, corpus.data_dir, variant, seed, on_run=on_run, **kw)
 
-    tuning = phase([task(cfg.lam_sweep_variant, s, lam=lam, tags=("lam_sweep",))
-                    for lam in cfg.lam_sweep for s in cfg.tune_seeds], "lambda sweep")  # fmt: skip
+    grid = [(v, s) for s in cfg.seeds for v in cfg.variants]
+    uses_lam = {v: get_variant(v).entropy_reg for v in cfg.variants}
+    tuning_batch = submit([task(cfg.lam_sweep_variant, s, lam=lam, tags=("lam_sweep",))
+                           for lam in cfg.lam_sweep for s in cfg.tune_seeds])  # fmt: skip
+    free_batch = submit([task(v, s) for v, s in grid if not uses_lam[v]])
+    tuning = tuning_batch.results("lambda sweep")
     lam = choose_lam(tuning, cfg.lam)
-    runs = phase([task(v, s, lam=lam) for s in cfg.seeds for v in cfg.variants], "variants x seeds")
-    done = {(r.variant, r.seed) for r in runs}
-    sweep = phase([
+    tuned_batch = submit([task(v, s, lam=lam) for v, s in grid if uses_lam[v]])
+    sweep_batch = submit([
         task(cfg.gamma_sweep_variant, s, gamma=g, lam=lam, tags=("gamma_sweep",))
         for g in cfg.gamma_sweep for s in cfg.gamma_sweep_seeds
-        if not (g == cfg.gamma and (cfg.gamma_sweep_variant, s) in done)
-    ], "gamma sweep")  # fmt: skip
+        if not (g == cfg.gamma and (cfg.gamma_sweep_variant, s) in set(grid))
+    ])  # fmt: skip
+    free, tuned = iter(free_batch.results("variants x seeds")), iter(tuned_batch.results("regularised variants"))
+    runs = [next(tuned) if uses_lam[v] else next(free) for v, _ in grid]  # plan order
+    sweep = sweep_batch.results("gamma sweep")
     return Results(config=cfg.to_dict(), runs=runs, sweep=sweep, seconds=time.perf_counter() - t0,
                    corpus=dict(corpus.info), tuning=tuning, chosen_lam=lam,
                    cpu_seconds=_cpu_seconds() - cpu0, workers=workers)  # fmt: skip

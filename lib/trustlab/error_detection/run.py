@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from trustlab.core.config import ConfigError
-from trustlab.core.parallel import run_tasks
+from trustlab.core.parallel import iter_tasks
 from trustlab.error_detection import metrics as M
 from trustlab.error_detection.collect import DECODING_DEFAULTS, load_or_collect, select_prompts, split_prompts
 from trustlab.error_detection.config import ErrorDetectionConfig
@@ -241,7 +241,7 @@ def quiet_fit_warnings():
 
 def _run_all(cfg, spans, fit, test, out, progress) -> None:
     plan = [(cfg, name, tuple(spans), fit, test) for name in cfg.detectors]
-    for results in run_tasks(_run_detector, plan, workers=cfg.workers, desc="detectors"):
+    for results in iter_tasks(_run_detector, plan, workers=cfg.workers, desc="detectors"):
         for res in results:
             out[res.key] = res
             if progress:

@@ -9,10 +9,10 @@ people, collect everything in a :class:`Results`.
 * :func:`finetune`  one variant on a copy of the base model;
 * :func:`run_task`  fine-tune, evaluate, export one :class:`RunTask` -> a :class:`RunOutput`.
 
-Two phases, each a list of independent tasks through ``trustlab.core.parallel.run_tasks``
+Two phases, each a list of independent tasks for the workers of ``trustlab.core.parallel``
 (``workers`` processes, results in plan order, every run seeds itself, so the results do not
 depend on ``workers``): the sweeps of ``trustlab.noisefit.tuning`` (validation items), then the
-test runs at the chosen values (test items).
+test runs at the chosen values (test items), while this process evaluates the base model.
 
 **Cost**: the median training-step time of every run; ``step_ratio`` = that / SFT's median
 step time for the same seed and setting (runs in parallel share the CPU, so this is rougher
@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from trustlab.core.parallel import resolve_workers, run_tasks
+from trustlab.core.parallel import iter_tasks, resolve_workers, submit_tasks
 from trustlab.core.seeding import set_threads
 from trustlab.lm.hooks import decoder_blocks
 from trustlab.lm.training import fit
@@ -317,7 +317,7 @@ def sweep_config(cfg: NoiseFitConfig) -> NoiseFitConfig:
 
 def run_task(task: RunTask) -> RunOutput:
     """Fine-tune, evaluate and (``task.export``) export one run. A module-level function, so
-    that ``run_tasks`` can send it to worker processes."""
+    that ``submit_tasks`` can send it to worker processes."""
     setup, cfg, setting, variant, seed = task.setup, task.cfg, task.setting, task.variant, task.seed
     label = get_variant(variant).label
     sweep = task.part == "validation"
@@ -417,19 +417,21 @@ def run_experiment(
     sweep = [RunTask(setup, tuning.with_value(sweep_cfg, v, x), "default", v, seed, part="validation",
                      tracker=tracker, trainer=trainer, param=tuning.knob(v), value=x)
              for v, x, seed in tuning.trials(cfg)]  # fmt: skip
-    for out in run_tasks(run_task, sweep, workers=workers, desc="noisefit sweeps"):
+    for out in iter_tasks(run_task, sweep, workers=workers, desc="noisefit sweeps"):
         results.sweep.append(out.row)
         say(describe_row(out.row))
     results.tuning = tuning.choose(results.sweep)
     for v, c in results.tuning.items():
         say(f"tuned {v}: {c['param']} = {c['value']:g} (validation score {c['score']:.3f})")
 
-    # phase 2: the base model and every planned run at the chosen values, on the test people
-    results.rows.append(evaluate_base(setup, cfg))
+    # phase 2: every planned run at the chosen values, on the test people; the base model is
+    # evaluated here while the workers fine-tune
     runs = [RunTask(setup, tuning.tuned_config(cfg, v, results.tuning), setting, v, seed, tracker=tracker,
                     trainer=trainer, export=cfg.export and setting == "default" and seed == cfg.export_seed)
             for setting, v, seed in plan(cfg)]  # fmt: skip
-    outs = run_tasks(run_task, runs, workers=workers, desc="noisefit runs")
+    batch = submit_tasks(run_task, runs, workers=workers)
+    results.rows.append(evaluate_base(setup, cfg))
+    outs = batch.results("noisefit runs")
     add_step_ratios([o.row for o in outs])
     for out in outs:
         results.rows.append(out.row)

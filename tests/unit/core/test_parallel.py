@@ -1,4 +1,4 @@
-"""run_tasks: plan order and identical results for any number of workers."""
+"""run_tasks, iter_tasks, submit_tasks: plan order and identical results for any number of workers."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from trustlab.core.parallel import resolve_workers, run_tasks
+from trustlab.core.parallel import iter_tasks, resolve_workers, run_tasks, submit_tasks
 
 
 def _seeded_draw(task):
@@ -76,4 +76,68 @@ def test_a_failed_plan_kills_its_workers_and_the_next_plan_starts_fresh():
     assert parallel._POOL.executor is None
     after = set(run_tasks(_pid, range(4), workers=2))
     assert not before & after
+    parallel.shutdown_pool()
+
+
+def test_plans_submitted_together_give_the_serial_results():
+    first_plan, second_plan = [(s, 40) for s in (5, 6, 7)], [(s, 30) for s in (1, 2)]
+    serial = run_tasks(_seeded_draw, first_plan + second_plan, workers=1)
+    first = submit_tasks(_seeded_draw, first_plan, workers=2)
+    second = submit_tasks(_seeded_draw, second_plan, workers=2)  # queued behind the first
+    assert len(first) == 3 and len(second) == 2
+    got = second.results() + first.results()
+    assert [r[:3] for r in got] == [r[:3] for r in serial[3:] + serial[:3]]
+    assert first.results() == first.results(), "results are kept, not recomputed"
+
+
+_CALLS: list[int] = []
+
+
+def _record(task):
+    _CALLS.append(task)
+    return task * 10
+
+
+def test_one_worker_runs_nothing_before_the_results_are_asked_for():
+    _CALLS.clear()
+    batch = submit_tasks(_record, [1, 2, 3], workers=1)
+    assert _CALLS == []
+    assert next(iter(batch)) == 10 and _CALLS == [1], "results are computed one at a time, in plan order"
+    assert batch.results() == [10, 20, 30] and _CALLS == [1, 2, 3]
+
+
+def _wait_for_flag(task):
+    import time
+    from pathlib import Path
+
+    index, flag = task
+    if index == 0:
+        return "first"
+    deadline = time.monotonic() + 60
+    while not Path(flag).exists():
+        if time.monotonic() > deadline:
+            return "timed out"
+        time.sleep(0.05)
+    return "saw the flag"
+
+
+def test_iter_tasks_hands_over_each_result_while_later_tasks_still_run(tmp_path):
+    flag = tmp_path / "parent-saw-the-first-result"
+    results = []
+    # the second task finishes only after the parent has handled the first result: with the
+    # results held back until the whole plan is done, it would wait out its deadline
+    for r in iter_tasks(_wait_for_flag, [(0, str(flag)), (1, str(flag))], workers=2):
+        results.append(r)
+        flag.touch()
+    assert results == ["first", "saw the flag"]
+
+
+def test_leaving_iter_tasks_early_stops_the_workers():
+    from trustlab.core import parallel
+
+    gen = iter_tasks(_pid, range(50), workers=2)
+    next(gen)
+    gen.close()
+    assert parallel._POOL.executor is None
+    assert run_tasks(_record, [4, 5], workers=2) == [40, 50]
     parallel.shutdown_pool()
