@@ -6,7 +6,7 @@ Method modules: :mod:`.losses` (training losses, registry ``LOSSES``), :mod:`.ca
 (single-pass error detectors MSP, entropy, SPC; registry ``DETECTORS``), :mod:`.metrics` (ECE,
 adaptive / classwise ECE, MCE, Brier, AURC, NLL), :mod:`.lm` (answer-level calibration of a
 language model), :mod:`.data` (digits / breast cancer / generated waveform digits, shifts,
-label noise, crowd annotators, CA views), :mod:`.models`, :mod:`.module` (Lightning training).
+label noise, crowd annotators, CA views), :mod:`.models`, :mod:`.module` (the training loop).
 
 The stage: :mod:`.config` (``CalibrationConfig``), :mod:`.run` (the experiments -> ``Results``),
 :mod:`.claims` (the claims as data), :mod:`.tables`, :mod:`.figures` and :mod:`.report`

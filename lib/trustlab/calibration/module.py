@@ -1,45 +1,46 @@
-"""Training with Lightning: one LightningModule for every loss in :mod:`.losses`.
+"""Training: one small loop for every loss in :mod:`.losses`.
 
 The batch is ``(x, y, sample_id)`` (see :class:`~trustlab.calibration.data.IndexedDataset`);
 ``y`` is an integer label or a soft-label row. Losses that need the sample ids (ALDR-KL) or the
 last feature map (Bias loss) get them as keyword arguments, according to ``loss.needs``.
 
 :func:`fit` seeds everything (``trustlab.core.seeding.seed_everything``), shuffles with its own seeded
-generator, runs ``lightning.Trainer`` on the CPU with no logger and no checkpoint files, and
-returns the trained model. Same seed, same data -> the same weights.
+generator and runs Adam for a number of epochs. Same seed, same data -> the same weights.
+
+It is a plain loop rather than ``lightning.Trainer`` because these models are MLPs whose step
+takes about a millisecond: the Trainer's hooks and callbacks added about 60% to every step
+(1.33 s against 0.82 s for a default fit on the digits), and a calibration stage trains over
+a thousand of them. The loop performs the Trainer's operations in the same order
+(loss, zero_grad, backward, step), so the weights are bit-identical to a Trainer fit; a unit
+test checks that against ``lightning.Trainer``.
 """
 
 from __future__ import annotations
 
-import logging
 import time
-import warnings
 from dataclasses import dataclass
 
-import lightning as L
 import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler
 
 from trustlab.calibration.data import IndexedDataset
-from trustlab.core.progress import progress_enabled
+from trustlab.core.progress import progress, progress_enabled
 from trustlab.core.seeding import seed_everything
 
 __all__ = ["LossModule", "FitResult", "fit", "make_loader", "predict_logits", "predict_logits_features"]
 
 
-class LossModule(L.LightningModule):
-    """Wraps a model with ``forward_features(x) -> (logits, features)`` and a loss module."""
+class LossModule(nn.Module):
+    """A model with ``forward_features(x) -> (logits, features)`` and its loss module (whose
+    parameters, if any, train with the model's)."""
 
-    def __init__(self, model: nn.Module, loss: nn.Module, lr: float = 1e-2, weight_decay: float = 0.0):
+    def __init__(self, model: nn.Module, loss: nn.Module):
         super().__init__()
         self.model = model
         self.loss_fn = loss
-        self.lr = lr
-        self.weight_decay = weight_decay
         self.needs = frozenset(getattr(loss, "needs", frozenset()))
-        self.losses: list[float] = []  # per-epoch mean training loss
 
     def forward(self, x: Tensor) -> Tensor:
         return self.model(x)
@@ -52,22 +53,6 @@ class LossModule(L.LightningModule):
         if "features" in self.needs:
             kwargs["features"] = feats
         return self.loss_fn(logits, y, **kwargs)
-
-    def on_train_epoch_start(self) -> None:
-        self._epoch_sum, self._epoch_n = 0.0, 0
-
-    def training_step(self, batch, batch_idx):
-        x, y, ids = batch
-        loss = self.compute_loss(x, y, ids)
-        self._epoch_sum += float(loss.detach()) * len(x)
-        self._epoch_n += len(x)
-        return loss
-
-    def on_train_epoch_end(self) -> None:
-        self.losses.append(self._epoch_sum / max(self._epoch_n, 1))
-
-    def configure_optimizers(self):
-        return torch.optim.Adam(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
 
 
 def make_loader(x, y, batch_size: int, seed: int, shuffle: bool = True) -> DataLoader:
@@ -88,15 +73,6 @@ class FitResult:
     train_losses: list[float]
 
 
-def _quiet_lightning() -> None:
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "lightning_utilities"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-    warnings.filterwarnings("ignore", message=".*GPU available but not used.*")
-    warnings.filterwarnings("ignore", message=".*is smaller than the logging interval.*")
-    warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
-
-
 def fit(
     model: nn.Module,
     loss: nn.Module,
@@ -110,34 +86,34 @@ def fit(
     weight_decay: float = 0.0,
     enable_progress_bar: bool | None = None,
 ) -> FitResult:
-    """Train ``model`` with ``loss`` on ``(x, y)`` for ``epochs`` epochs of Adam.
+    """Train ``model`` with ``loss`` on ``(x, y)`` for ``epochs`` epochs of Adam; ``train_losses``
+    holds each epoch's mean training loss.
 
     The caller builds the model after ``seed_everything(seed)`` (see
     :func:`trustlab.calibration.run.train_one`), so initial weights are seeded too.
-    No checkpoint files, no logger; the progress bar follows ``trustlab.core.progress`` unless given.
+    The progress bar (one tick per epoch) follows ``trustlab.core.progress`` unless given.
     """
-    _quiet_lightning()
     seed_everything(seed)
-    module = LossModule(model, loss, lr=lr, weight_decay=weight_decay)
+    module = LossModule(model, loss)
     loader = make_loader(x, y, batch_size, seed)
+    optimizer = torch.optim.Adam(module.parameters(), lr=lr, weight_decay=weight_decay)
     bar = progress_enabled() if enable_progress_bar is None else enable_progress_bar
-    trainer = L.Trainer(
-        accelerator="cpu",
-        devices=1,
-        max_epochs=epochs,
-        enable_checkpointing=False,
-        logger=False,
-        enable_progress_bar=bar,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        log_every_n_steps=10**6,
-        default_root_dir=None,
-    )
+    epoch_losses: list[float] = []
     t0 = time.perf_counter()
-    trainer.fit(module, train_dataloaders=loader)
+    module.train()
+    for _ in progress(range(epochs), desc="epochs", total=epochs) if bar else range(epochs):
+        total, n = 0.0, 0
+        for xb, yb, ids in loader:
+            value = module.compute_loss(xb, yb, ids)
+            optimizer.zero_grad()
+            value.backward()
+            optimizer.step()
+            total += float(value.detach()) * len(xb)
+            n += len(xb)
+        epoch_losses.append(total / max(n, 1))
     model.eval()
     loss.eval()
-    return FitResult(model=model, loss=loss, seconds=time.perf_counter() - t0, train_losses=list(module.losses))
+    return FitResult(model=model, loss=loss, seconds=time.perf_counter() - t0, train_losses=epoch_losses)
 
 
 @torch.no_grad()

@@ -194,7 +194,7 @@ def train_one(
     y: np.ndarray,
     num_classes: int = 10,
 ) -> FitResult:
-    """Seed, build the MLP and the loss (hyperparameters from the config), train with Lightning."""
+    """Seed, build the MLP and the loss (hyperparameters from the config), train (:func:`.module.fit`)."""
     seed_everything(seed)
     model = build_model(x.shape[1], num_classes, hidden=cfg.hidden, depth=cfg.depth)
     loss = build_loss(loss_name, n_samples=len(y), **cfg.hparams_for(loss_name))

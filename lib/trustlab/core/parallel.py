@@ -40,10 +40,14 @@ from __future__ import annotations
 
 import atexit
 import os
+import pickle
+import shutil
 import sys
+import tempfile
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from trustlab.core.progress import progress
 
@@ -74,6 +78,12 @@ def _init_worker(threads: int) -> None:
         set_threads(threads)
     except ImportError:  # pragma: no cover - torch is a dependency
         pass
+    # A BLAS library loaded before this ran (the spawn start re-imports the parent's main module)
+    # has already read the variables above: two workers with a BLAS pool each on two cores spin
+    # against each other (scikit-learn fits ran 6x slower). Limit what is loaded now as well.
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=threads)
 
 
 def code_fingerprint(extra: Sequence[str | os.PathLike] = ()) -> tuple:
@@ -147,6 +157,62 @@ atexit.register(_POOL.shutdown)
 def shutdown_pool() -> None:
     """Stop the warm worker processes (a live notebook keeps them between cells otherwise)."""
     _POOL.shutdown()
+
+
+class SharedValue(Generic[T]):
+    """A large read-only value that every task of a plan needs (statistics, a dataset): sent to
+    the workers once instead of once per task.
+
+    Pickling the handle writes the value to a temporary file the first time and then sends only
+    the path; :meth:`get` in a worker unpickles the file once and keeps it for the tasks that
+    follow (the last two values, by file). In this process :meth:`get` returns the value itself,
+    so a serial run never touches the disk. :meth:`close` (or the ``with`` block) removes the
+    file."""
+
+    def __init__(self, value: T) -> None:
+        self._value: Any = value
+        self._dir: str | None = None
+        self.path: str | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> T:
+        if self._value is not _IN_FILE:
+            return self._value
+        if self.path not in _SHARED:
+            with open(self.path, "rb") as f:
+                value = pickle.load(f)
+            while len(_SHARED) >= 2:
+                _SHARED.pop(next(iter(_SHARED)))
+            _SHARED[self.path] = value
+        return _SHARED[self.path]
+
+    def __getstate__(self) -> dict:
+        with self._lock:
+            if self.path is None:
+                self._dir = tempfile.mkdtemp(prefix="trustlab-shared-")
+                path = os.path.join(self._dir, "value.pkl")
+                with open(path, "wb") as f:
+                    pickle.dump(self._value, f, protocol=pickle.HIGHEST_PROTOCOL)
+                self.path = path
+        return {"path": self.path}
+
+    def __setstate__(self, state: dict) -> None:
+        self._value, self._dir, self.path, self._lock = _IN_FILE, None, state["path"], threading.Lock()
+
+    def close(self) -> None:
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None
+
+    def __enter__(self) -> SharedValue[T]:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+_IN_FILE = object()  # a handle unpickled in a worker: its value is in the file
+_SHARED: dict[str, Any] = {}  # per worker process: the values of SharedValue handles, by file
 
 
 class TaskBatch(Generic[R]):

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from trustlab.core.config import ConfigError
-from trustlab.core.parallel import iter_tasks
+from trustlab.core.parallel import SharedValue, iter_tasks
 from trustlab.error_detection import metrics as M
 from trustlab.error_detection.collect import DECODING_DEFAULTS, load_or_collect, select_prompts, split_prompts
 from trustlab.error_detection.config import ErrorDetectionConfig
@@ -240,42 +240,42 @@ def quiet_fit_warnings():
 
 
 def _run_all(cfg, spans, fit, test, out, progress) -> None:
-    plan = [(cfg, name, tuple(spans), fit, test) for name in cfg.detectors]
-    for results in iter_tasks(_run_detector, plan, workers=cfg.workers, desc="detectors"):
-        for res in results:
+    # one task per (detector, span), so the slow ones (RPC fits a mixture per prompt) spread
+    # over the workers; the statistics go to each worker once, not with every task
+    with SharedValue((fit, test)) as data:
+        plan = [(cfg, name, span, data) for name in cfg.detectors for span in spans]
+        for res in iter_tasks(_run_detector, plan, workers=cfg.workers, desc="detectors"):
             out[res.key] = res
             if progress:
                 progress(f"{res.key}: {res.status}")
 
 
-def _run_detector(task) -> list[DetectorResult]:
-    """One detector on every span: fit on ``fit``, score ``test`` (timed) and out-of-fold scores
+def _run_detector(task) -> DetectorResult:
+    """One detector on one span: fit on ``fit``, score ``test`` (timed) and out-of-fold scores
     on ``fit``. Module-level and seeded by the config, so a worker process gives the same numbers."""
-    cfg, name, spans, fit, test = task
+    cfg, name, span, data = task
+    fit, test = data.get()
     kw = cfg.estimator_kwargs(name)
-    out = []
+    res = DetectorResult(name, span)
     with quiet_fit_warnings():
-        for span in spans:
-            res = DetectorResult(name, span)
-            try:
-                est = build_estimator(name, span=span, **kw)
-                t0 = time.perf_counter()
-                est.fit(fit)
-                res.fit_s = time.perf_counter() - t0
-                t0 = time.perf_counter()
-                res.u_test = est.score(test)
-                res.score_s = time.perf_counter() - t0
-                t0 = time.perf_counter()
-                res.u_fit = (
-                    out_of_fold_scores(name, fit, span=span, oof_seed=cfg.seed, **kw) if est.needs_fit else est.score(fit)
-                )
-                res.oof_s = time.perf_counter() - t0
-                res.estimator = est
-            except ValueError as exc:
-                res.status = f"not applicable: {exc}"
-                res.u_test = res.u_fit = None
-            out.append(res)
-    return out
+        try:
+            est = build_estimator(name, span=span, **kw)
+            t0 = time.perf_counter()
+            est.fit(fit)
+            res.fit_s = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            res.u_test = est.score(test)
+            res.score_s = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            res.u_fit = (
+                out_of_fold_scores(name, fit, span=span, oof_seed=cfg.seed, **kw) if est.needs_fit else est.score(fit)
+            )
+            res.oof_s = time.perf_counter() - t0
+            res.estimator = est
+        except ValueError as exc:
+            res.status = f"not applicable: {exc}"
+            res.u_test = res.u_fit = None
+    return res
 
 
 def cpu_seconds() -> float:

@@ -141,3 +141,27 @@ def test_leaving_iter_tasks_early_stops_the_workers():
     assert parallel._POOL.executor is None
     assert run_tasks(_record, [4, 5], workers=2) == [40, 50]
     parallel.shutdown_pool()
+
+
+def _shared_sum(task):
+    handle, i = task
+    return float(handle.get().sum()) + i, os.getpid()
+
+
+def test_a_shared_value_reaches_every_worker_once_through_a_file():
+    import pickle
+
+    import numpy as np
+
+    from trustlab.core.parallel import SharedValue
+
+    value = np.arange(10_000, dtype=np.float64)
+    with SharedValue(value) as handle:
+        assert handle.get() is value and handle.path is None, "in this process: the value itself, no file"
+        serial = run_tasks(_shared_sum, [(handle, i) for i in range(6)], workers=1)
+        parallel = run_tasks(_shared_sum, [(handle, i) for i in range(6)], workers=2)
+        assert [r[0] for r in parallel] == [r[0] for r in serial] == [value.sum() + i for i in range(6)]
+        assert handle.path is not None and os.path.exists(handle.path)
+        assert len(pickle.dumps(handle)) < 1000, "a task carries the path, not the array"
+        path = handle.path
+    assert not os.path.exists(path), "closing removes the file"
